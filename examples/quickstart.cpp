@@ -1,0 +1,40 @@
+// quickstart: one BatchNorm2d training step (forward + backward), then inference.
+#include <batchnorm/batchnorm.hpp>
+
+#include <cstdio>
+
+int main() {
+  using batchnorm::BatchNorm2d;
+  using batchnorm::BatchNormOptions;
+  using Tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;  // (N, C, H, W), PyTorch's memory order
+
+  BatchNorm2d<float> bn(BatchNormOptions(3).eps(1e-5).momentum(0.1));
+  Tensor4 x(8, 3, 16, 16);
+  x.setRandom();                 // uniform in [0, 1): mean 0.5, variance 1/12
+  x = x * 4.0f + 10.0f;          // mean ~12, variance ~1.33
+
+  const Tensor4 y = bn.forward(x);  // training mode: batch statistics
+  const Eigen::Tensor<float, 0, Eigen::RowMajor> y_mean = y.mean();
+  std::printf("train forward: x (8, 3, 16, 16), mean(y) = %+.6f\n", static_cast<double>(y_mean()));
+  std::printf("running_mean  = [%.4f, %.4f, %.4f]  (0.9 * 0 + 0.1 * batch mean)\n",
+              static_cast<double>(bn.running_mean()(0)), static_cast<double>(bn.running_mean()(1)),
+              static_cast<double>(bn.running_mean()(2)));
+  std::printf("running_var   = [%.4f, %.4f, %.4f]  (0.9 * 1 + 0.1 * unbiased batch var)\n",
+              static_cast<double>(bn.running_var()(0)), static_cast<double>(bn.running_var()(1)),
+              static_cast<double>(bn.running_var()(2)));
+
+  Tensor4 dy(x.dimensions());
+  dy.setConstant(1.0f);             // loss = sum(y): its gradient w.r.t. x is zero
+  const Tensor4 dx = bn.backward(x, dy);
+  const Eigen::Tensor<float, 0, Eigen::RowMajor> dx_max = dx.abs().maximum();
+  std::printf("backward: max |dx| = %.2e, dbias = [%.0f, %.0f, %.0f], dweight[0] = %+.2e\n",
+              static_cast<double>(dx_max()), static_cast<double>(bn.bias_grad()(0)),
+              static_cast<double>(bn.bias_grad()(1)), static_cast<double>(bn.bias_grad()(2)),
+              static_cast<double>(bn.weight_grad()(0)));
+
+  bn.eval();                        // inference: running statistics, nothing updated
+  const Tensor4 y_eval = bn.forward(x);
+  std::printf("eval forward: y_eval(0, 0, 0, 0) = %.4f, num_batches_tracked = %lld\n",
+              static_cast<double>(y_eval(0, 0, 0, 0)), static_cast<long long>(bn.num_batches_tracked()));
+  return 0;
+}

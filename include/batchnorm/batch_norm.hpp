@@ -1,0 +1,306 @@
+// batchnorm: the module template behind BatchNorm1d, BatchNorm2d and BatchNorm3d.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+#include "detail/eigen.hpp"
+#include "detail/errors.hpp"
+#include "functional.hpp"
+#include "options.hpp"
+
+namespace batchnorm {
+
+namespace detail {
+template <int SpatialDims>
+struct ModuleTraits;
+template <>
+struct ModuleTraits<1> {
+  static constexpr const char* name = "BatchNorm1d";
+  static constexpr bool accepts_rank(int r) noexcept { return r == 2 || r == 3; }
+};
+template <>
+struct ModuleTraits<2> {
+  static constexpr const char* name = "BatchNorm2d";
+  static constexpr bool accepts_rank(int r) noexcept { return r == 4; }
+};
+template <>
+struct ModuleTraits<3> {
+  static constexpr const char* name = "BatchNorm3d";
+  static constexpr bool accepts_rank(int r) noexcept { return r == 5; }
+};
+
+template <int SpatialDims, int Rank>
+constexpr bool check_rank() noexcept {
+  static_assert(SpatialDims != 1 || ModuleTraits<1>::accepts_rank(Rank),
+                "BatchNorm1d takes rank 2 (N, C) or rank 3 (N, C, L) tensors");
+  static_assert(SpatialDims != 2 || ModuleTraits<2>::accepts_rank(Rank), "BatchNorm2d takes rank 4 (N, C, H, W) tensors");
+  static_assert(SpatialDims != 3 || ModuleTraits<3>::accepts_rank(Rank),
+                "BatchNorm3d takes rank 5 (N, C, D, H, W) tensors");
+  return true;
+}
+}  // namespace detail
+
+/// Batch normalization over the channel axis of an Eigen::Tensor or Eigen::TensorMap, with
+/// PyTorch 1.13's semantics (torch.nn.BatchNorm1d/2d/3d). Use the aliases BatchNorm1d<T>,
+/// BatchNorm2d<T>, BatchNorm3d<T>; T is float or double.
+///
+/// Owns the parameters (weight, bias), the running statistics, their gradients and the
+/// statistics of the last forward: O(C) memory, nothing input-sized. backward takes the input
+/// of the last forward explicitly. Every call checks its arguments first and, when it throws,
+/// changes nothing (strong guarantee). The module is not thread-safe; use one per thread.
+template <class Scalar, int SpatialDims>
+class BatchNorm {
+  static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
+                "batchnorm modules take float or double");
+
+ public:
+  using Traits = detail::ModuleTraits<SpatialDims>;
+  using Acc = functional::accum_t<Scalar>;
+  using Vector = Eigen::Tensor<Scalar, 1>;
+
+  /// True for the tensor ranks forward/backward accept (others fail to compile).
+  static constexpr bool accepts_rank(int rank) noexcept { return Traits::accepts_rank(rank); }
+
+  /// Builds the module; throws std::invalid_argument if num_features < 1, eps is not positive
+  /// and finite, or momentum is outside [0, 1]. Parameters and running statistics start as
+  /// PyTorch's: weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0.
+  explicit BatchNorm(const BatchNormOptions& options) : options_(options) {
+    const std::string op = std::string(Traits::name) + "::" + Traits::name;
+    if (options.num_features() < 1)
+      detail::throw_invalid(op, "num_features must be at least 1, got " + std::to_string(options.num_features()));
+    detail::check_eps(op.c_str(), options.eps());
+    if (options.momentum()) detail::check_momentum(op.c_str(), *options.momentum());
+    const auto c = static_cast<Eigen::Index>(options.num_features());
+    if (options.affine()) {
+      weight_.resize(c), bias_.resize(c), weight_grad_.resize(c), bias_grad_.resize(c);
+      weight_grad_.setZero(), bias_grad_.setZero();
+    }
+    if (options.track_running_stats()) running_mean_.resize(c), running_var_.resize(c);
+    save_mean_.assign(static_cast<std::size_t>(c), Acc(0));
+    save_invstd_.assign(static_cast<std::size_t>(c), Acc(0));
+    reset_parameters();
+  }
+
+  const BatchNormOptions& options() const noexcept { return options_; }
+  std::int64_t num_features() const noexcept { return options_.num_features(); }
+
+  void train(bool on = true) noexcept { training_ = on; }
+  void eval() noexcept { training_ = false; }
+  bool is_training() const noexcept { return training_; }
+
+  /// weight = 1, bias = 0 and reset_running_stats(), as torch's reset_parameters().
+  void reset_parameters() {
+    reset_running_stats();
+    if (options_.affine()) weight_.setConstant(Scalar(1)), bias_.setZero();
+  }
+  /// running_mean = 0, running_var = 1, num_batches_tracked = 0.
+  void reset_running_stats() {
+    if (options_.track_running_stats()) running_mean_.setZero(), running_var_.setConstant(Scalar(1));
+    num_batches_tracked_ = 0;
+  }
+
+  /// gamma; std::logic_error when affine is off. Keep its size num_features.
+  Vector& weight() { return affine_only("weight", weight_); }
+  const Vector& weight() const { return affine_only("weight", weight_); }
+  /// beta; std::logic_error when affine is off.
+  Vector& bias() { return affine_only("bias", bias_); }
+  const Vector& bias() const { return affine_only("bias", bias_); }
+  /// d loss / d weight and d loss / d bias of the last backward call (overwritten, not
+  /// accumulated; zero before the first backward). std::logic_error when affine is off.
+  const Vector& weight_grad() const { return affine_only("weight_grad", weight_grad_); }
+  const Vector& bias_grad() const { return affine_only("bias_grad", bias_grad_); }
+  /// Running statistics; std::logic_error when track_running_stats is off.
+  Vector& running_mean() { return tracking_only("running_mean", running_mean_); }
+  const Vector& running_mean() const { return tracking_only("running_mean", running_mean_); }
+  Vector& running_var() { return tracking_only("running_var", running_var_); }
+  const Vector& running_var() const { return tracking_only("running_var", running_var_); }
+  std::int64_t& num_batches_tracked() { return tracking_only("num_batches_tracked", num_batches_tracked_); }
+  std::int64_t num_batches_tracked() const { return tracking_only("num_batches_tracked", num_batches_tracked_); }
+
+  /// y = BN(x) into a new tensor of x's shape and storage order. In training mode (or with
+  /// track_running_stats off) it normalizes with the batch statistics and, when tracking, updates
+  /// the running statistics and num_batches_tracked; in eval mode with tracking it normalizes
+  /// with the running statistics.
+  template <class X>
+  Eigen::Tensor<Scalar, detail::tensor_rank_v<X>, detail::is_row_major_v<X> ? Eigen::RowMajor : Eigen::ColMajor>
+  forward(const X& x) {
+    check_input_type<X>();
+    Eigen::Tensor<Scalar, detail::tensor_rank_v<X>, detail::is_row_major_v<X> ? Eigen::RowMajor : Eigen::ColMajor> y(
+        x.dimensions());
+    forward(x, y);
+    return y;
+  }
+
+  /// y = BN(x) into y (Tensor or TensorMap of x's shape and storage order); allocates nothing.
+  /// y may be x itself (in place).
+  template <class X, class Y>
+  void forward(const X& x, Y&& y) {
+    check_input_type<X>();
+    check_output_type<X, Y>();
+    const detail::Shape shape = detail::Shape::of(x);
+    check_shape("forward", shape);
+    if (detail::Shape::of(y) != shape)
+      detail::throw_invalid(op("forward"), "expected output y of shape " + detail::shape_string(shape) + ", got " +
+                                              detail::shape_string(detail::Shape::of(y)));
+    check_state("forward");
+    const functional::View v = detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
+    const bool batch_stats = training_ || !options_.track_running_stats();
+    if (batch_stats && v.count() == 1)
+      detail::throw_invalid(op("forward"), "expected more than 1 value per channel when " +
+                                               std::string(training_ ? "training" : "normalizing with batch statistics (track_running_stats off)") +
+                                               ", got input of shape " + detail::shape_string(shape));
+    const Scalar* w = options_.affine() ? weight_.data() : nullptr;
+    const Scalar* b = options_.affine() ? bias_.data() : nullptr;
+    if (batch_stats) {
+      const bool update = training_ && options_.track_running_stats();
+      const double factor = update ? functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1) : 0.0;
+      functional::forward_training(x.data(), v, w, b, update ? running_mean_.data() : nullptr,
+                                   update ? running_var_.data() : nullptr, factor, options_.eps(), y.data(),
+                                   save_mean_.data(), save_invstd_.data());
+      if (update) ++num_batches_tracked_;
+    } else {
+      functional::inference_stats(v.channels, running_mean_.data(), running_var_.data(), options_.eps(),
+                                  save_mean_.data(), save_invstd_.data());
+      functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(), w, b, y.data());
+    }
+    saved_ = Saved{true, batch_stats, shape, detail::is_row_major_v<X>};
+  }
+
+  /// dx = d loss / d x for the last forward, given its input x and dy = d loss / d y, into a new
+  /// tensor; weight_grad() and bias_grad() receive d loss / d weight and d loss / d bias. The
+  /// statistics are those the last forward normalized with: batch statistics after a training
+  /// forward (full backward through mean and variance), running statistics after an eval forward
+  /// (constants). Throws std::logic_error before any forward.
+  template <class X, class DY>
+  Eigen::Tensor<Scalar, detail::tensor_rank_v<X>, detail::is_row_major_v<X> ? Eigen::RowMajor : Eigen::ColMajor>
+  backward(const X& x, const DY& dy) {
+    check_input_type<X>();
+    Eigen::Tensor<Scalar, detail::tensor_rank_v<X>, detail::is_row_major_v<X> ? Eigen::RowMajor : Eigen::ColMajor> dx(
+        x.dimensions());
+    backward(x, dy, dx);
+    return dx;
+  }
+
+  /// As backward(x, dy), into dx (Tensor or TensorMap of x's shape and storage order);
+  /// allocates nothing. dx may be dy itself (in place).
+  template <class X, class DY, class DX>
+  void backward(const X& x, const DY& dy, DX&& dx) {
+    check_input_type<X>();
+    check_input_type<DY>();
+    check_output_type<X, DX>();
+    static_assert(detail::is_row_major_v<X> == detail::is_row_major_v<DY>,
+                  "batchnorm: x and dy must have the same storage order");
+    if (!saved_.valid) detail::throw_logic(op("backward"), "called before any forward");
+    const detail::Shape shape = detail::Shape::of(x);
+    if (shape != saved_.shape || detail::is_row_major_v<X> != saved_.row_major)
+      detail::throw_invalid(op("backward"), "x must be the input of the last forward, of shape " +
+                                                detail::shape_string(saved_.shape) + ", got " + detail::shape_string(shape) +
+                                                (detail::is_row_major_v<X> != saved_.row_major ? " in the other storage order" : ""));
+    if (detail::Shape::of(dy) != shape)
+      detail::throw_invalid(op("backward"), "expected dy of the shape of x " + detail::shape_string(shape) + ", got " +
+                                                detail::shape_string(detail::Shape::of(dy)));
+    if (detail::Shape::of(dx) != shape)
+      detail::throw_invalid(op("backward"), "expected output dx of the shape of x " + detail::shape_string(shape) +
+                                                ", got " + detail::shape_string(detail::Shape::of(dx)));
+    check_state("backward");
+    const functional::View v = detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
+    const bool affine = options_.affine();
+    const Scalar* w = affine ? weight_.data() : nullptr;
+    Scalar* dw = affine ? weight_grad_.data() : nullptr;
+    Scalar* db = affine ? bias_grad_.data() : nullptr;
+    if (saved_.batch_stats)
+      functional::backward_training(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw, db);
+    else
+      functional::backward_inference(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw,
+                                     db);
+  }
+
+ private:
+  struct Saved {
+    bool valid = false;
+    bool batch_stats = false;
+    detail::Shape shape;
+    bool row_major = false;
+  };
+
+  static std::string op(const char* fn) { return std::string(Traits::name) + "::" + fn; }
+
+  template <class X>
+  static constexpr void check_input_type() noexcept {
+    static_assert(detail::is_dense_tensor_v<X>,
+                  "batchnorm: inputs must be Eigen::Tensor or Eigen::TensorMap (evaluate expressions first)");
+    static_assert(std::is_same_v<detail::tensor_scalar_t<X>, Scalar>, "batchnorm: tensor scalar type must be the module's");
+    static_assert(detail::check_rank<SpatialDims, detail::tensor_rank_v<X>>(), "");
+  }
+
+  template <class X, class Y>
+  static constexpr void check_output_type() noexcept {
+    static_assert(detail::is_dense_tensor_v<Y>,
+                  "batchnorm: outputs must be Eigen::Tensor or Eigen::TensorMap of non-const data");
+    static_assert(detail::is_writable_tensor_v<Y>, "batchnorm: the output must be writable (not a const TensorMap)");
+    static_assert(std::is_same_v<detail::tensor_scalar_t<Y>, Scalar>, "batchnorm: tensor scalar type must be the module's");
+    static_assert(detail::tensor_rank_v<Y> == detail::tensor_rank_v<X>, "batchnorm: output rank must equal input rank");
+    static_assert(detail::is_row_major_v<Y> == detail::is_row_major_v<X>,
+                  "batchnorm: output storage order must equal the input's");
+  }
+
+  /// Checks the channel count against num_features, naming the expected layout.
+  void check_shape(const char* fn, const detail::Shape& s) const {
+    const int ca = detail::channel_axis(s.rank, options_.channels_last());
+    if (s.dims[static_cast<std::size_t>(ca)] == options_.num_features()) return;
+    const std::string c = std::to_string(options_.num_features());
+    std::string expected;
+    if (s.rank == 2) expected = "(N, " + c + ")";
+    else if (options_.channels_last())
+      expected = s.rank == 3 ? "(N, L, " + c + ")" : s.rank == 4 ? "(N, H, W, " + c + ")" : "(N, D, H, W, " + c + ")";
+    else
+      expected = s.rank == 3 ? "(N, " + c + ", L)" : s.rank == 4 ? "(N, " + c + ", H, W)" : "(N, " + c + ", D, H, W)";
+    detail::throw_invalid(op(fn), "expected input of shape " + expected + ", got " + detail::shape_string(s));
+  }
+
+  /// The user may resize the tensors returned by weight() etc.; catch that before reading them.
+  void check_state(const char* fn) const {
+    const auto c = static_cast<Eigen::Index>(options_.num_features());
+    auto check = [&](const char* name, const Vector& t) {
+      if (t.size() != c)
+        detail::throw_logic(op(fn), std::string(name) + " has " + std::to_string(t.size()) + " elements, expected " +
+                                        std::to_string(c) + " (num_features)");
+    };
+    if (options_.affine()) check("weight", weight_), check("bias", bias_);
+    if (options_.track_running_stats()) check("running_mean", running_mean_), check("running_var", running_var_);
+  }
+
+  template <class V>
+  V& affine_only(const char* name, V& v) const {
+    if (!options_.affine()) detail::throw_logic(op(name), "no such parameter: affine is off");
+    return v;
+  }
+  template <class V>
+  V& tracking_only(const char* name, V& v) const {
+    if (!options_.track_running_stats()) detail::throw_logic(op(name), "no running statistics: track_running_stats is off");
+    return v;
+  }
+
+  BatchNormOptions options_;
+  bool training_ = true;
+  Vector weight_, bias_, weight_grad_, bias_grad_, running_mean_, running_var_;
+  std::int64_t num_batches_tracked_ = 0;
+  std::vector<Acc> save_mean_, save_invstd_;  // statistics of the last forward (mean, invstd)
+  Saved saved_;
+};
+
+template <class Scalar>
+using BatchNorm1d = BatchNorm<Scalar, 1>;
+template <class Scalar>
+using BatchNorm2d = BatchNorm<Scalar, 2>;
+template <class Scalar>
+using BatchNorm3d = BatchNorm<Scalar, 3>;
+
+}  // namespace batchnorm

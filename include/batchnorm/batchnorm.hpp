@@ -1,0 +1,8 @@
+// batchnorm: batch normalization over Eigen tensors with PyTorch's semantics.
+// Umbrella header: everything public. The library never prints.
+#pragma once
+
+#include "batch_norm.hpp"
+#include "config.hpp"
+#include "functional.hpp"
+#include "options.hpp"

@@ -1,0 +1,117 @@
+// batchnorm::functional: backward passes, hand-derived.
+#pragma once
+
+#include "../detail/errors.hpp"
+#include "../detail/kernels.hpp"
+#include "forward.hpp"
+#include "stats.hpp"
+#include "view.hpp"
+
+namespace batchnorm::functional {
+
+namespace detail_backward {
+inline void check(const char* op, const View& v, const void* x, const void* dy, const void* mean, const void* invstd) {
+  detail_stats::check_view(op, v);
+  detail_stats::check_pointer(op, "x", x, v.size() > 0);
+  detail_stats::check_pointer(op, "dy", dy, v.size() > 0);
+  detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
+  detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
+}
+
+/// head/tail split of mean (see detail_forward::normalize_coef): d = (x - head) - tail = x - mean.
+template <class T>
+batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
+  batchnorm::detail::Coef<T> cf;
+  cf.head = static_cast<T>(mean);
+  cf.tail = static_cast<T>(mean - static_cast<accum_t<T>>(cf.head));
+  return cf;
+}
+}  // namespace detail_backward
+
+/// Training-mode backward (batch statistics), for channel c; sums run over its m values,
+/// d = x - mean_c, xhat = d * invstd_c, k_c = weight_c * invstd_c:
+///   dbias_c   = sum dy
+///   dweight_c = sum dy * xhat = invstd_c * sum dy * d
+///   dx        = k_c * (dy - dbias_c/m - xhat * dweight_c/m)
+///             = dy * k_c + d * (-k_c * invstd_c * dweight_c/m) + (-k_c * dbias_c/m)
+/// "- dbias_c/m" is the path through mean_c, "- xhat * dweight_c/m" the path through var_c.
+/// mean, invstd: save_mean/save_invstd of forward_training on the same x. Sums in accum_t<T>
+/// (pass 1 reads x, dy), dx in T (pass 2 reads x, dy, writes dx), channel by channel so pass 2
+/// finds the channel in cache when it fits. weight nullptr: affine off (weight 1). dx, dweight,
+/// dbias may each be nullptr (not wanted). dx may equal dy or x. m == 0: dweight = dbias = 0.
+/// NaN/Inf propagate.
+template <class T>
+void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd,
+                       const T* weight, T* dx, T* dweight, T* dbias) {
+  using A = accum_t<T>;
+  detail_backward::check("batchnorm::functional::backward_training", v, x, dy, mean, invstd);
+  const A m = static_cast<A>(v.count());
+  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+    A sum_dy[batchnorm::detail::kLanes], sum_dy_d[batchnorm::detail::kLanes];
+    batchnorm::detail::group_grad_sums(
+        x, dy, v, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
+    for (Index k = 0; k < nc; ++k) {
+      if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
+      if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
+    }
+    if (!dx || m == 0) return;
+    batchnorm::detail::group_runs<T>(
+        v, c0, nc,
+        [&](Index c) {
+          const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
+          auto cf = detail_backward::centre_coef<T>(mean[c]);
+          cf.p = static_cast<T>(kc);
+          cf.q = static_cast<T>(-kc * invstd[c] * invstd[c] * (sum_dy_d[c - c0] / m));
+          cf.r = static_cast<T>(-kc * (sum_dy[c - c0] / m));
+          return cf;
+        },
+        [x, dy, dx](Index off, Index n, const auto& cf) {
+          const T* xs = x + off;
+          const T* dys = dy + off;
+          T* dxs = dx + off;
+          for (Index i = 0; i < n; ++i) {
+            const T d = (xs[i] - cf.head(i)) - cf.tail(i);
+            dxs[i] = dys[i] * cf.p(i) + d * cf.q(i) + cf.r(i);
+          }
+        });
+  });
+}
+
+/// Inference-mode backward: the statistics (running ones, from inference_stats) are constants.
+///   dx        = dy * weight_c * invstd_c
+///   dweight_c = sum dy * xhat,  xhat = (x - mean_c) * invstd_c
+///   dbias_c   = sum dy
+/// dx needs dy only; x is read only when dweight or dbias is wanted. Pointers as in
+/// backward_training. NaN/Inf propagate.
+template <class T>
+void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd,
+                        const T* weight, T* dx, T* dweight, T* dbias) {
+  using A = accum_t<T>;
+  detail_backward::check("batchnorm::functional::backward_inference", v, x, dy, mean, invstd);
+  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+    if (dweight || dbias) {
+      A sum_dy[batchnorm::detail::kLanes], sum_dy_d[batchnorm::detail::kLanes];
+      batchnorm::detail::group_grad_sums(
+          x, dy, v, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
+      for (Index k = 0; k < nc; ++k) {
+        if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
+        if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
+      }
+    }
+    if (!dx) return;
+    batchnorm::detail::group_runs<T>(
+        v, c0, nc,
+        [&](Index c) {
+          batchnorm::detail::Coef<T> cf;
+          cf.p = static_cast<T>(invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1)));
+          return cf;
+        },
+        [dy, dx](Index off, Index n, const auto& cf) {
+          const T* dys = dy + off;
+          T* dxs = dx + off;
+          for (Index i = 0; i < n; ++i) dxs[i] = dys[i] * cf.p(i);
+        });
+  });
+}
+
+}  // namespace batchnorm::functional

@@ -1,0 +1,161 @@
+// batchnorm::functional: forward passes, training (batch statistics) and inference (running).
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "../detail/errors.hpp"
+#include "../detail/kernels.hpp"
+#include "running_stats.hpp"
+#include "stats.hpp"
+#include "view.hpp"
+
+namespace batchnorm::functional {
+
+namespace detail_forward {
+
+/// Constants of y = ((x - head) - tail) * p + r for one channel normalized with (mean, invstd):
+/// head + tail is mean split into T's precision twice over (head = T(mean), tail = T(mean - head)),
+/// p = T(invstd * weight), r = bias. x - head is exact when x is within a factor 2 of head
+/// (Sterbenz), so a channel with a large mean and a small spread loses nothing to
+/// cancellation; PyTorch's folded x * alpha + (bias - mean * alpha) does.
+template <class T>
+batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, const T* weight, const T* bias,
+                                          Index c) noexcept {
+  using A = accum_t<T>;
+  batchnorm::detail::Coef<T> cf;
+  cf.head = static_cast<T>(mean);
+  cf.tail = static_cast<T>(mean - static_cast<A>(cf.head));
+  cf.p = static_cast<T>(invstd * (weight ? static_cast<A>(weight[c]) : A(1)));
+  cf.r = bias ? bias[c] : T(0);
+  return cf;
+}
+
+/// y = ((x - head) - tail) * p + r over channels [c0, c0 + nc), all in T.
+template <class T, class CoefOf>
+void normalize_group(const T* x, const View& v, Index c0, Index nc, CoefOf coef_of, T* y) noexcept {
+  batchnorm::detail::group_runs<T>(v, c0, nc, coef_of, [x, y](Index off, Index n, const auto& cf) {
+    const T* xs = x + off;
+    T* ys = y + off;
+    for (Index i = 0; i < n; ++i) ys[i] = ((xs[i] - cf.head(i)) - cf.tail(i)) * cf.p(i) + cf.r(i);
+  });
+}
+
+inline void check_common(const char* op, const View& v, const void* x, const void* y, double eps) {
+  detail_stats::check_view(op, v);
+  batchnorm::detail::check_eps(op, eps);
+  detail_stats::check_pointer(op, "x", x, v.size() > 0);
+  detail_stats::check_pointer(op, "y", y, v.size() > 0);
+}
+
+}  // namespace detail_forward
+
+/// invstd_c = 1 / sqrt(var_c + eps), the inverse standard deviation used to normalize.
+template <class A>
+A invstd_of(A var, double eps) noexcept {
+  return A(1) / std::sqrt(var + static_cast<A>(eps));
+}
+
+/// The statistics inference normalizes with, per channel:
+///   mean_c = running_mean_c,   invstd_c = 1 / sqrt(running_var_c + eps)    (in accum_t<T>)
+/// Feed them to backward_inference.
+template <class T>
+void inference_stats(Index channels, const T* running_mean, const T* running_var, double eps, accum_t<T>* mean,
+                     accum_t<T>* invstd) {
+  batchnorm::detail::check_eps("batchnorm::functional::inference_stats", eps);
+  for (Index c = 0; c < channels; ++c) {
+    mean[c] = static_cast<accum_t<T>>(running_mean[c]);
+    invstd[c] = invstd_of(static_cast<accum_t<T>>(running_var[c]), eps);
+  }
+}
+
+/// Normalize with given per-channel statistics:
+///   y = (x - mean_c) * invstd_c * weight_c + bias_c
+/// computed as ((x - head_c) - tail_c) * (invstd_c * weight_c) + bias_c with mean_c = head_c + tail_c
+/// split into two T values: T arithmetic per value, no cancellation at large |mean| / std.
+/// weight == nullptr means 1, bias == nullptr means 0 (affine off). y may equal x (in place);
+/// other overlaps are not allowed. NaN/Inf propagate.
+template <class T>
+void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* invstd, const T* weight, const T* bias,
+               T* y) {
+  constexpr const char* op = "batchnorm::functional::normalize";
+  detail_stats::check_view(op, v);
+  detail_stats::check_pointer(op, "x", x, v.size() > 0);
+  detail_stats::check_pointer(op, "y", y, v.size() > 0);
+  detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
+  detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
+  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+    detail_forward::normalize_group(
+        x, v, c0, nc, [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); },
+        y);
+  });
+}
+
+/// Training forward (PyTorch's batch_norm with training=True), per channel c over its m values:
+///   mean_c = sum x / m,   var_c = sum (x - mean_c)^2 / m      (biased; batch_moments)
+///   invstd_c = 1 / sqrt(var_c + eps)
+///   y = (x - mean_c) * invstd_c * weight_c + bias_c           (as in normalize)
+/// and, when running_mean and running_var are given, the running update with factor f
+/// (momentum_factor): running = (1 - f) * running + f * batch, with the unbiased var_c * m / (m - 1).
+/// save_mean and save_invstd (accum_t<T>, C values each) receive mean_c and invstd_c for
+/// backward_training. Each channel is normalized right after its statistics are taken, while
+/// its values are still in cache.
+/// m == 1 throws std::invalid_argument ("expected more than 1 value per channel when
+/// training"); m == 0 (an empty batch) writes save_mean = 0, save_invstd = 1/sqrt(eps) and leaves
+/// the running statistics alone, as PyTorch. All checks come first: a call that throws writes
+/// nothing. weight/bias nullptr: affine off. y may equal x.
+template <class T>
+void forward_training(const T* x, View v, const T* weight, const T* bias, T* running_mean, T* running_var,
+                      double factor, double eps, T* y, accum_t<T>* save_mean, accum_t<T>* save_invstd) {
+  using A = accum_t<T>;
+  constexpr const char* op = "batchnorm::functional::forward_training";
+  detail_forward::check_common(op, v, x, y, eps);
+  detail_stats::check_pointer(op, "save_mean", save_mean, v.channels > 0);
+  detail_stats::check_pointer(op, "save_invstd", save_invstd, v.channels > 0);
+  if ((running_mean == nullptr) != (running_var == nullptr))
+    batchnorm::detail::throw_invalid(op, "running_mean and running_var must both be given or both be null");
+  if (!(factor >= 0 && factor <= 1))
+    batchnorm::detail::throw_invalid(op, "factor must be in [0, 1], got " + batchnorm::detail::to_string_exact(factor));
+  const Index m = v.count();
+  if (m == 1)
+    batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel when training, got 1 (outer " +
+                                             std::to_string(v.outer) + ", inner " + std::to_string(v.inner) + ")");
+  // save_invstd holds M2, then var, then invstd: no scratch memory.
+  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+    batchnorm::detail::group_moments(x, v, c0, nc, save_mean + c0, save_invstd + c0);
+    for (Index c = c0; c < c0 + nc; ++c) {
+      const A var = m > 0 ? save_invstd[c] / static_cast<A>(m) : A(0);
+      if (running_mean && m > 0)
+        detail_running::update_channel(save_mean[c], var, m, static_cast<A>(factor), running_mean[c], running_var[c]);
+      save_invstd[c] = invstd_of(var, eps);
+    }
+    detail_forward::normalize_group(
+        x, v, c0, nc,
+        [&](Index c) { return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c); }, y);
+  });
+}
+
+/// Inference forward with running statistics (PyTorch's batch_norm with training=False):
+///   y = (x - running_mean_c) / sqrt(running_var_c + eps) * weight_c + bias_c
+/// running_mean is exact in T, so x - running_mean is the only rounding before the scale.
+/// Any m, including 1 and 0. y may equal x.
+template <class T>
+void forward_inference(const T* x, View v, const T* running_mean, const T* running_var, const T* weight,
+                       const T* bias, double eps, T* y) {
+  using A = accum_t<T>;
+  constexpr const char* op = "batchnorm::functional::forward_inference";
+  detail_forward::check_common(op, v, x, y, eps);
+  detail_stats::check_pointer(op, "running_mean", running_mean, v.channels > 0);
+  detail_stats::check_pointer(op, "running_var", running_var, v.channels > 0);
+  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+    detail_forward::normalize_group(
+        x, v, c0, nc,
+        [&](Index c) {
+          return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]),
+                                                   invstd_of(static_cast<A>(running_var[c]), eps), weight, bias, c);
+        },
+        y);
+  });
+}
+
+}  // namespace batchnorm::functional

@@ -1,0 +1,63 @@
+// batchnorm::functional: the running (inference) statistics.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "../detail/errors.hpp"
+#include "view.hpp"
+
+namespace batchnorm::functional {
+
+/// The weight f of the new batch in the running-statistics update, PyTorch's convention:
+///   f = momentum                          if momentum is a number,
+///   f = 1 / num_batches_tracked           if momentum is nullopt (cumulative moving average),
+/// where num_batches_tracked is the count AFTER the increment for this batch (so the first
+/// training batch from a fresh counter has f = 1 and replaces the running statistics).
+/// Note that PyTorch's momentum weights the NEW statistic (Keras/TF "decay" = 1 - momentum).
+inline double momentum_factor(std::optional<double> momentum, std::int64_t num_batches_tracked) {
+  constexpr const char* op = "batchnorm::functional::momentum_factor";
+  if (momentum) {
+    batchnorm::detail::check_momentum(op, *momentum);
+    return *momentum;
+  }
+  if (num_batches_tracked < 1)
+    batchnorm::detail::throw_invalid(op, "num_batches_tracked must be at least 1 (counted after the increment), got " +
+                                             std::to_string(num_batches_tracked));
+  return 1.0 / static_cast<double>(num_batches_tracked);
+}
+
+namespace detail_running {
+/// One channel of update_running_stats (count >= 2, f in [0, 1] checked by the caller).
+template <class T, class A>
+void update_channel(A mean, A var, Index count, A f, T& running_mean, T& running_var) noexcept {
+  const A bessel = static_cast<A>(count) / static_cast<A>(count - 1);
+  running_mean = static_cast<T>((1 - f) * static_cast<A>(running_mean) + f * mean);
+  running_var = static_cast<T>((1 - f) * static_cast<A>(running_var) + f * var * bessel);
+}
+}  // namespace detail_running
+
+/// Running-statistics update from the batch statistics of `count` values a channel, per channel:
+///   running_mean = (1 - f) * running_mean + f * mean
+///   running_var  = (1 - f) * running_var  + f * var * count / (count - 1)
+/// var is the biased batch variance (batch_stats); running_var gets the unbiased one (Bessel's
+/// correction). Evaluated in accum_t<T>, rounded once to T. count == 0 (an empty batch) changes
+/// nothing, as PyTorch. Throws std::invalid_argument if count == 1 (no unbiased variance), if
+/// count < 0, or if f is outside [0, 1]; nothing is changed then.
+template <class T>
+void update_running_stats(Index channels, const accum_t<T>* mean, const accum_t<T>* var, Index count, double factor,
+                          T* running_mean, T* running_var) {
+  using A = accum_t<T>;
+  constexpr const char* op = "batchnorm::functional::update_running_stats";
+  if (!(factor >= 0 && factor <= 1))
+    batchnorm::detail::throw_invalid(op, "factor must be in [0, 1], got " + batchnorm::detail::to_string_exact(factor));
+  if (count < 0 || count == 1)
+    batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel (or none), got " +
+                                             std::to_string(count));
+  if (count == 0) return;
+  for (Index c = 0; c < channels; ++c)
+    detail_running::update_channel(mean[c], var[c], count, static_cast<A>(factor), running_mean[c], running_var[c]);
+}
+
+}  // namespace batchnorm::functional

@@ -1,0 +1,53 @@
+// batchnorm: BatchNormOptions, libtorch style (chained setters, getters of the same name).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+namespace batchnorm {
+
+/// Options of BatchNorm1d/2d/3d, with torch::nn::BatchNormOptions' names and defaults:
+///   BatchNorm2d<float> bn(BatchNormOptions(64).eps(1e-5).momentum(0.1).affine(true));
+/// The values are checked when a module is built from them (std::invalid_argument).
+class BatchNormOptions {
+ public:
+  /* implicit */ BatchNormOptions(std::int64_t num_features) : num_features_(num_features) {}
+
+  /// C, the number of channels.
+  BatchNormOptions& num_features(std::int64_t v) { return num_features_ = v, *this; }
+  std::int64_t num_features() const noexcept { return num_features_; }
+
+  /// Added to the variance before the square root; must be positive and finite. Default 1e-5.
+  BatchNormOptions& eps(double v) { return eps_ = v, *this; }
+  double eps() const noexcept { return eps_; }
+
+  /// Weight of the NEW batch statistic in the running update, in [0, 1]; std::nullopt for the
+  /// cumulative moving average (factor 1/num_batches_tracked). Default 0.1.
+  BatchNormOptions& momentum(std::optional<double> v) { return momentum_ = v, *this; }
+  std::optional<double> momentum() const noexcept { return momentum_; }
+
+  /// Learnable per-channel weight (gamma, init 1) and bias (beta, init 0). Default true.
+  BatchNormOptions& affine(bool v) { return affine_ = v, *this; }
+  bool affine() const noexcept { return affine_; }
+
+  /// Keep running_mean/running_var/num_batches_tracked and use them in eval mode. Default true.
+  /// When false, eval mode normalizes with batch statistics too (PyTorch).
+  BatchNormOptions& track_running_stats(bool v) { return track_running_stats_ = v, *this; }
+  bool track_running_stats() const noexcept { return track_running_stats_; }
+
+  /// Channels-last data: the channel is the LAST index, (N, L, C), (N, H, W, C), (N, D, H, W, C),
+  /// instead of index 1. Never guessed from the shape. Default false. (For BatchNorm1d on rank-2
+  /// (N, C) input both settings mean the same.)
+  BatchNormOptions& channels_last(bool v) { return channels_last_ = v, *this; }
+  bool channels_last() const noexcept { return channels_last_; }
+
+ private:
+  std::int64_t num_features_;
+  double eps_ = 1e-5;
+  std::optional<double> momentum_ = 0.1;
+  bool affine_ = true;
+  bool track_running_stats_ = true;
+  bool channels_last_ = false;
+};
+
+}  // namespace batchnorm

@@ -1,0 +1,395 @@
+// batchnorm::functional: hand-checkable values, agreement with a long double reference on both
+// traversal paths and SIMD tails, numerical stress, properties, gradient checks, merging
+// micro-batch statistics, and argument checks.
+#include <catch2/catch.hpp>
+
+#include <batchnorm/functional.hpp>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "support/expect_throw.hpp"
+#include "support/naive.hpp"
+#include "support/tensors.hpp"
+#include "support/tolerance.hpp"
+
+using namespace batchnorm_test;
+namespace F = batchnorm::functional;
+using F::View;
+
+namespace {
+
+template <class T>
+using Acc = F::accum_t<T>;
+
+template <class A, class B>
+double worst_rel_err(const std::vector<A>& got, const std::vector<B>& ref) {
+  REQUIRE(got.size() == ref.size());
+  double worst = 0;
+  for (std::size_t k = 0; k < got.size(); ++k)
+    worst = std::max(worst, rel_err(static_cast<double>(got[k]), static_cast<double>(ref[k])));
+  return worst;
+}
+
+/// Data of a view, placed `misalign` elements past an aligned buffer start.
+template <class T>
+struct Buffer {
+  std::vector<T> storage;
+  T* data;
+  Buffer(std::size_t n, std::size_t misalign) : storage(n + misalign + 1), data(storage.data() + misalign) {}
+  std::vector<T> values(std::size_t n) const { return std::vector<T>(data, data + n); }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("batch_stats of {4, 7, 13, 16}: mean 10, biased var 22.5", "[functional][stats]", float, double) {
+  const std::vector<TestType> x{4, 7, 13, 16};
+  // The same four values as one row (row path) and as four rows of one value (lane path).
+  for (const View v : {View{1, 1, 4}, View{4, 1, 1}, View{2, 1, 2}}) {
+    Acc<TestType> mean = -1, var = -1;
+    F::batch_stats(x.data(), v, &mean, &var);
+    CHECK(mean == 10.0);
+    CHECK(var == 22.5);
+    std::vector<TestType> y(4);
+    Acc<TestType> save_mean = 0, save_invstd = 0;
+    const TestType w = 2, b = 0.5;
+    F::forward_training(x.data(), v, &w, &b, static_cast<TestType*>(nullptr), static_cast<TestType*>(nullptr), 0.0,
+                        1e-5, y.data(), &save_mean, &save_invstd);
+    CHECK(save_invstd == Approx(1 / std::sqrt(22.5 + 1e-5)).epsilon(1e-15));
+    for (std::size_t k = 0; k < 4; ++k)
+      CHECK(y[k] == Approx(2 * (x[k] - 10) / std::sqrt(22.5 + 1e-5) + 0.5).epsilon(std::is_same_v<TestType, float> ? 1e-6 : 1e-14));
+  }
+}
+
+TEMPLATE_TEST_CASE("running statistics update, hand-checked", "[functional][running]", float, double) {
+  // Batch {4, 7, 13, 16}: mean 10, biased var 22.5, unbiased var 30.
+  const Acc<TestType> mean = 10, var = 22.5;
+  TestType rm = 1, rv = 2;
+  F::update_running_stats<TestType>(1, &mean, &var, 4, 0.25, &rm, &rv);
+  CHECK(rm == Approx(0.75 * 1 + 0.25 * 10));
+  CHECK(rv == Approx(0.75 * 2 + 0.25 * 30));
+  CHECK(F::momentum_factor(0.1, 7) == 0.1);
+  CHECK(F::momentum_factor(std::nullopt, 1) == 1.0);  // first batch replaces
+  CHECK(F::momentum_factor(std::nullopt, 4) == 0.25);
+  // count 0 (empty batch) changes nothing; count 1 has no unbiased variance.
+  F::update_running_stats<TestType>(1, &mean, &var, 0, 0.5, &rm, &rv);
+  CHECK(rm == Approx(3.25));
+  expect_throw<std::invalid_argument>([&] { F::update_running_stats<TestType>(1, &mean, &var, 1, 0.5, &rm, &rv); },
+                                      "more than 1 value per channel");
+  expect_throw<std::invalid_argument>([&] { F::update_running_stats<TestType>(1, &mean, &var, 4, 1.5, &rm, &rv); },
+                                      "factor must be in [0, 1], got 1.5");
+  expect_throw<std::invalid_argument>([] { F::momentum_factor(-0.5, 1); }, "momentum must be in [0, 1], got -0.5");
+  expect_throw<std::invalid_argument>([] { F::momentum_factor(std::nullopt, 0); }, "num_batches_tracked must be at least 1");
+  CHECK(rm == Approx(3.25));
+  CHECK(rv == Approx(9));
+}
+
+// Shapes that cover both traversal paths (row: inner >= 32 or outer == 1; lane: short rows),
+// SIMD tails around the 16 partial sums / vector widths, lane tiles (256 lanes) split across
+// channels, and misaligned base pointers.
+TEMPLATE_TEST_CASE("forward and backward agree with a long double reference on every path", "[functional][naive]", float,
+                   double) {
+  using T = TestType;
+  const std::vector<View> views{
+      {1, 1, 1},   {2, 1, 1},    {3, 5, 1},     {17, 3, 1},     {65, 300, 1},  {33, 17, 2},  {40, 9, 15},
+      {5, 4, 16},  {7, 3, 17},   {2, 2, 31},    {3, 2, 32},     {2, 3, 33},    {2, 2, 35},   {1, 3, 1000},
+      {3, 2, 1000}, {1, 2, 4099}, {300, 1, 1},  {2, 600, 1},    {129, 20, 3},  {4, 70, 4}};
+  std::uint32_t seed = 1;
+  for (const View& v : views) {
+    for (const std::size_t misalign : {0u, 1u}) {
+      INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << "), misalign " << misalign);
+      const auto n = static_cast<std::size_t>(v.size());
+      const auto C = static_cast<std::size_t>(v.channels);
+      Buffer<T> x(n, misalign), dy(n, misalign + 1), y(n, misalign), dx(n, misalign);
+      const auto xv = normal_values<T>(n, 3.0, 2.0, seed++);
+      const auto dyv = normal_values<T>(n, 0.5, 1.0, seed++);
+      std::copy(xv.begin(), xv.end(), x.data);
+      std::copy(dyv.begin(), dyv.end(), dy.data);
+      const auto w = normal_values<T>(C, 1.0, 0.3, seed++);
+      const auto b = normal_values<T>(C, 0.0, 0.3, seed++);
+      const double eps = 1e-3;
+      const double tol = naive_tol<T>();
+
+      if (v.count() > 1) {
+        std::vector<Acc<T>> mean(C), invstd(C);
+        std::vector<T> dw(C), db(C);
+        F::forward_training(x.data, v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, eps,
+                            y.data, mean.data(), invstd.data());
+        F::backward_training(x.data, dy.data, v, mean.data(), invstd.data(), w.data(), dx.data, dw.data(), db.data());
+        const auto ref = naive_batch_norm(xv, dyv, v, true, w, b, eps);
+        CHECK(worst_rel_err(mean, ref.mean) <= tol);
+        CHECK(worst_rel_err(y.values(n), ref.y) <= tol);
+        CHECK(worst_rel_err(dx.values(n), ref.dx) <= tol);
+        CHECK(worst_rel_err(dw, ref.dweight) <= tol);
+        CHECK(worst_rel_err(db, ref.dbias) <= tol);
+        std::vector<Acc<T>> var(C);
+        F::batch_stats(x.data, v, mean.data(), var.data());
+        CHECK(worst_rel_err(var, ref.var) <= tol);
+      }
+      // Inference with given running statistics.
+      const auto rm = normal_values<T>(C, 3.0, 1.0, seed++);
+      auto rv = normal_values<T>(C, 4.0, 1.0, seed++);
+      for (auto& e : rv) e = std::abs(e) + T(0.5);
+      std::vector<Acc<T>> mean(C), invstd(C);
+      std::vector<T> dw(C), db(C);
+      F::forward_inference(x.data, v, rm.data(), rv.data(), w.data(), b.data(), eps, y.data);
+      F::inference_stats(v.channels, rm.data(), rv.data(), eps, mean.data(), invstd.data());
+      F::backward_inference(x.data, dy.data, v, mean.data(), invstd.data(), w.data(), dx.data, dw.data(), db.data());
+      const auto ref = naive_batch_norm(xv, dyv, v, false, w, b, eps, rm, rv);
+      CHECK(worst_rel_err(y.values(n), ref.y) <= tol);
+      CHECK(worst_rel_err(dx.values(n), ref.dx) <= tol);
+      CHECK(worst_rel_err(dw, ref.dweight) <= tol);
+      CHECK(worst_rel_err(db, ref.dbias) <= tol);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("large mean, small spread: 1e4 + N(0, 0.1)", "[functional][stress]", float, double) {
+  using T = TestType;
+  for (const View v : {View{8, 3, 400}, View{3200, 3, 1}}) {
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto x = normal_values<T>(n, 1e4, 0.1, 7);
+    const auto dy = normal_values<T>(n, 0.0, 1.0, 8);
+    std::vector<T> y(n), dx(n), dw(3), db(3);
+    const std::vector<T> w{1.5, 0.5, 1}, b{0.1, -0.2, 0};
+    std::vector<Acc<T>> mean(3), invstd(3), var(3);
+    F::batch_stats(x.data(), v, mean.data(), var.data());
+    F::forward_training(x.data(), v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, 1e-5,
+                        y.data(), mean.data(), invstd.data());
+    F::backward_training(x.data(), dy.data(), v, mean.data(), invstd.data(), w.data(), dx.data(), dw.data(), db.data());
+    const auto ref = naive_batch_norm(x, dy, v, true, w, b, 1e-5);
+    // float: accumulated in double, so the full float bar. double: |mean|/std = 1e5 makes the
+    // double rounding of the mean alone (ulp(1e4)/2 = 1e-11 std) the limit; the library's double
+    // bar is the reference cases' 1e-10.
+    const double tol = std::is_same_v<T, float> ? kFloatTrainTol : kDoubleTol;
+    for (std::size_t c = 0; c < 3; ++c)
+      CHECK(std::abs(var[c] - static_cast<double>(ref.var[c])) <= tol * static_cast<double>(ref.var[c]));
+    CHECK(worst_rel_err(y, ref.y) <= tol);
+    CHECK(worst_rel_err(dx, ref.dx) <= tol);
+    CHECK(worst_rel_err(dw, ref.dweight) <= tol);
+    CHECK(worst_rel_err(db, ref.dbias) <= tol);
+  }
+}
+
+TEMPLATE_TEST_CASE("a constant channel gives y == bias exactly", "[functional][stress]", float, double) {
+  using T = TestType;
+  for (const View v : {View{4, 2, 100}, View{50, 2, 1}, View{3, 2, 5000}}) {
+    std::vector<T> x(static_cast<std::size_t>(v.size()), T(0.1));
+    std::vector<T> y(x.size());
+    const std::vector<T> w{2, 3}, b{T(0.7), T(-0.3)};
+    std::vector<Acc<T>> mean(2), invstd(2);
+    F::forward_training(x.data(), v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, 1e-5,
+                        y.data(), mean.data(), invstd.data());
+    CHECK(mean[0] == static_cast<Acc<T>>(T(0.1)));
+    for (Index o = 0; o < v.outer; ++o)
+      for (Index c = 0; c < 2; ++c)
+        for (Index i = 0; i < v.inner; ++i) REQUIRE(y[at(v, o, c, i)] == b[static_cast<std::size_t>(c)]);
+  }
+}
+
+TEMPLATE_TEST_CASE("properties: output moments, shift invariance, sum of dx", "[functional][properties]", float, double) {
+  using T = TestType;
+  const double tol = std::is_same_v<T, float> ? 1e-5 : 1e-11;
+  for (const View v : {View{6, 4, 50}, View{300, 4, 1}, View{20, 4, 7}}) {
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto x = normal_values<T>(n, -2.0, 3.0, 11);
+    const auto dy = normal_values<T>(n, 1.0, 1.0, 12);
+    const std::vector<T> w{T(1.5), T(0.5), T(-1), T(2)}, b{T(0.25), T(-1), T(0), T(3)};
+    const double eps = 1e-5;
+    std::vector<T> y(n), y_shifted(n), dx(n), dw(4), db(4);
+    std::vector<Acc<T>> mean(4), invstd(4), var(4);
+    F::batch_stats(x.data(), v, mean.data(), var.data());
+    F::forward_training(x.data(), v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, eps,
+                        y.data(), mean.data(), invstd.data());
+    F::backward_training(x.data(), dy.data(), v, mean.data(), invstd.data(), w.data(), dx.data(), dw.data(), db.data());
+    // Per channel: mean(y) = bias, var(y) = weight^2 * var / (var + eps), sum dx = 0.
+    std::vector<Acc<T>> ymean(4), yvar(4), dxmean(4), dxvar(4);
+    F::batch_stats(y.data(), v, ymean.data(), yvar.data());
+    F::batch_stats(dx.data(), v, dxmean.data(), dxvar.data());
+    for (std::size_t c = 0; c < 4; ++c) {
+      CHECK(std::abs(ymean[c] - b[c]) <= tol * (1 + std::abs(w[c])));
+      const double expected_var = double(w[c]) * double(w[c]) * var[c] / (var[c] + eps);
+      CHECK(std::abs(yvar[c] - expected_var) <= tol * (1 + expected_var));
+      CHECK(std::abs(dxmean[c]) <= tol * std::sqrt(dxvar[c]));
+    }
+    // Shift invariance: x + 100 normalizes to the same y (training mode).
+    std::vector<T> xs(n);
+    for (std::size_t k = 0; k < n; ++k) xs[k] = x[k] + T(100);
+    F::forward_training(xs.data(), v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, eps,
+                        y_shifted.data(), mean.data(), invstd.data());
+    // Tolerance: x + 100 itself rounds by ulp(100)/2, i.e. 4e-6/3 std for float.
+    const double shift_tol = std::is_same_v<T, float> ? 1e-5 : 1e-11;
+    CHECK(worst_rel_err(y_shifted, y) <= shift_tol);
+  }
+}
+
+namespace {
+
+/// loss = sum y * g; its gradient by central differences in double on the isolated functional
+/// forward, against backward_training / backward_inference.
+struct GradCheck {
+  View v{3, 2, 5};
+  bool training = true, affine = true;
+
+  double loss(const std::vector<double>& x, const std::vector<double>& w, const std::vector<double>& b,
+              const std::vector<double>& g) const {
+    std::vector<double> y(x.size());
+    const std::vector<double> rm{0.3, -0.2}, rv{1.7, 0.6};
+    const double* wp = affine ? w.data() : nullptr;
+    const double* bp = affine ? b.data() : nullptr;
+    if (training) {
+      std::vector<double> mean(2), invstd(2);
+      F::forward_training(x.data(), v, wp, bp, static_cast<double*>(nullptr), static_cast<double*>(nullptr), 0.0, 1e-3,
+                          y.data(), mean.data(), invstd.data());
+    } else {
+      F::forward_inference(x.data(), v, rm.data(), rv.data(), wp, bp, 1e-3, y.data());
+    }
+    return std::inner_product(y.begin(), y.end(), g.begin(), 0.0);
+  }
+
+  void run() const {
+    const auto n = static_cast<std::size_t>(v.size());
+    auto x = normal_values<double>(n, 0.5, 1.5, 21);
+    const auto g = normal_values<double>(n, 0.0, 1.0, 22);
+    auto w = normal_values<double>(2, 1.0, 0.5, 23);
+    auto b = normal_values<double>(2, 0.0, 0.5, 24);
+    std::vector<double> dx(n), dw(2), db(2), mean(2), invstd(2), y(n);
+    const double* wp = affine ? w.data() : nullptr;
+    if (training) {
+      F::forward_training(x.data(), v, wp, affine ? b.data() : nullptr, static_cast<double*>(nullptr),
+                          static_cast<double*>(nullptr), 0.0, 1e-3, y.data(), mean.data(), invstd.data());
+      F::backward_training(x.data(), g.data(), v, mean.data(), invstd.data(), wp, dx.data(), dw.data(), db.data());
+    } else {
+      const std::vector<double> rm{0.3, -0.2}, rv{1.7, 0.6};
+      F::inference_stats(2, rm.data(), rv.data(), 1e-3, mean.data(), invstd.data());
+      F::backward_inference(x.data(), g.data(), v, mean.data(), invstd.data(), wp, dx.data(), dw.data(), db.data());
+    }
+    const double h = 1e-5;
+    auto numeric = [&](std::vector<double>& p, std::size_t k) {
+      const double keep = p[k];
+      p[k] = keep + h;
+      const double up = loss(x, w, b, g);
+      p[k] = keep - h;
+      const double down = loss(x, w, b, g);
+      p[k] = keep;
+      return (up - down) / (2 * h);
+    };
+    for (std::size_t k = 0; k < n; ++k) CHECK(rel_err(dx[k], numeric(x, k)) <= kGradCheckTol);
+    for (std::size_t c = 0; c < 2; ++c) {
+      // dweight/dbias are sums of dy*xhat and dy whether or not affine is on.
+      if (affine) {
+        CHECK(rel_err(dw[c], numeric(w, c)) <= kGradCheckTol);
+        CHECK(rel_err(db[c], numeric(b, c)) <= kGradCheckTol);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("gradient check by central differences (double)", "[functional][gradcheck]") {
+  for (const bool training : {true, false})
+    for (const bool affine : {true, false})
+      for (const View v : {View{3, 2, 5}, View{7, 2, 1}}) {
+        INFO((training ? "training" : "inference") << (affine ? ", affine" : ", no affine") << ", inner " << v.inner);
+        GradCheck{v, training, affine}.run();
+      }
+}
+
+TEMPLATE_TEST_CASE("merged micro-batch statistics equal those of the whole batch", "[functional][merge]", float, double) {
+  using T = TestType;
+  // A batch of 10 (N, C=3, L=8) split into micro-batches of 4, 0, 1 and 5 samples (RowMajor (N, C, L)).
+  const Index C = 3, L = 8;
+  const auto x = normal_values<T>(static_cast<std::size_t>(10 * C * L), 1e3, 0.5, 31);
+  std::vector<Acc<T>> mean_all(3), m2_all(3), mean(3, 0), m2(3, 0), mb(3), m2b(3);
+  F::batch_moments(x.data(), View{10, C, L}, mean_all.data(), m2_all.data());
+  Index count = 0, start = 0;
+  for (const Index part : {4, 0, 1, 5}) {
+    F::batch_moments(x.data() + start * C * L, View{part, C, L}, mb.data(), m2b.data());
+    count = F::merge_moments(C, count, mean.data(), m2.data(), part * L, mb.data(), m2b.data());
+    start += part;
+  }
+  CHECK(count == 10 * L);
+  for (std::size_t c = 0; c < 3; ++c) {
+    CHECK(mean[c] == Approx(mean_all[c]).epsilon(1e-14));
+    CHECK(m2[c] == Approx(m2_all[c]).epsilon(1e-11));
+  }
+  // Normalizing each micro-batch with the merged statistics equals normalizing the whole batch.
+  std::vector<Acc<T>> invstd(3), save_mean(3), save_invstd(3);
+  for (std::size_t c = 0; c < 3; ++c) invstd[c] = F::invstd_of(m2[c] / Acc<T>(count), 1e-5);
+  std::vector<T> y_parts(x.size()), y_all(x.size());
+  F::normalize(x.data(), View{4, C, L}, mean.data(), invstd.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+               y_parts.data());
+  F::normalize(x.data() + 4 * C * L, View{6, C, L}, mean.data(), invstd.data(), static_cast<T*>(nullptr),
+               static_cast<T*>(nullptr), y_parts.data() + 4 * C * L);
+  F::forward_training(x.data(), View{10, C, L}, static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                      static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, 1e-5, y_all.data(), save_mean.data(),
+                      save_invstd.data());
+  CHECK(worst_rel_err(y_parts, y_all) <= naive_tol<T>());
+}
+
+TEMPLATE_TEST_CASE("in place: y may be x, dx may be dy", "[functional]", float, double) {
+  using T = TestType;
+  const View v{5, 3, 40};
+  const auto n = static_cast<std::size_t>(v.size());
+  const auto x0 = normal_values<T>(n, 0.0, 1.0, 41);
+  const auto dy0 = normal_values<T>(n, 0.0, 1.0, 42);
+  std::vector<T> y(n), dx(n), x = x0, dy = dy0;
+  std::vector<Acc<T>> mean(3), invstd(3);
+  F::forward_training(x0.data(), v, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                      static_cast<T*>(nullptr), 0.0, 1e-5, y.data(), mean.data(), invstd.data());
+  F::backward_training(x0.data(), dy0.data(), v, mean.data(), invstd.data(), static_cast<T*>(nullptr), dx.data(),
+                       static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+  F::backward_training(x0.data(), dy.data(), v, mean.data(), invstd.data(), static_cast<T*>(nullptr), dy.data(),
+                       static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+  F::forward_training(x.data(), v, static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                      static_cast<T*>(nullptr), 0.0, 1e-5, x.data(), mean.data(), invstd.data());
+  CHECK(x == y);
+  CHECK(dy == dx);
+}
+
+TEST_CASE("functional argument checks throw std::invalid_argument and write nothing", "[functional][errors]") {
+  std::vector<float> x{1, 2, 3, 4}, y(4, -7.0f);
+  std::vector<double> mean(2, -1.0), invstd(2, -1.0);
+  const auto train = [&](View v, double eps, double factor, float* rm, float* rv) {
+    F::forward_training(x.data(), v, static_cast<float*>(nullptr), static_cast<float*>(nullptr), rm, rv, factor, eps,
+                        y.data(), mean.data(), invstd.data());
+  };
+  expect_throw<std::invalid_argument>([&] { train(View{1, 4, 1}, 1e-5, 0.1, nullptr, nullptr); },
+                                      "batchnorm::functional::forward_training: expected more than 1 value per channel "
+                                      "when training, got 1");
+  expect_throw<std::invalid_argument>([&] { train(View{2, 1, 2}, 0.0, 0.1, nullptr, nullptr); },
+                                      "eps must be positive and finite, got 0");
+  expect_throw<std::invalid_argument>(
+      [&] { train(View{2, 1, 2}, std::numeric_limits<double>::infinity(), 0.1, nullptr, nullptr); }, "eps must be positive");
+  expect_throw<std::invalid_argument>([&] { train(View{2, 1, 2}, 1e-5, -0.1, nullptr, nullptr); },
+                                      "factor must be in [0, 1], got -0.10000000000000001");
+  float rm = 0;
+  expect_throw<std::invalid_argument>([&] { train(View{2, 1, 2}, 1e-5, 0.1, &rm, nullptr); },
+                                      "running_mean and running_var must both be given");
+  expect_throw<std::invalid_argument>([&] { train(View{-1, 1, 2}, 1e-5, 0.1, nullptr, nullptr); },
+                                      "view dimensions must be non-negative");
+  expect_throw<std::invalid_argument>(
+      [&] { F::batch_moments(static_cast<const float*>(nullptr), View{2, 1, 2}, mean.data(), invstd.data()); },
+      "x must not be null");
+  CHECK(y == std::vector<float>(4, -7.0f));
+  CHECK(mean == std::vector<double>(2, -1.0));
+}
+
+TEST_CASE("NaN and Inf propagate to their channel only", "[functional]") {
+  const View v{4, 2, 3};
+  auto x = normal_values<float>(24, 0.0, 1.0, 51);
+  x[at(v, 2, 0, 1)] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> y(24);
+  std::vector<double> mean(2), invstd(2);
+  F::forward_training(x.data(), v, static_cast<float*>(nullptr), static_cast<float*>(nullptr),
+                      static_cast<float*>(nullptr), static_cast<float*>(nullptr), 0.0, 1e-5, y.data(), mean.data(),
+                      invstd.data());
+  for (Index o = 0; o < 4; ++o)
+    for (Index i = 0; i < 3; ++i) {
+      CHECK(std::isnan(y[at(v, o, 0, i)]));
+      CHECK(std::isfinite(y[at(v, o, 1, i)]));
+    }
+}
