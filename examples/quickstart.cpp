@@ -24,13 +24,16 @@ int main() {
               static_cast<double>(bn.running_var()(2)));
 
   Tensor4 dy(x.dimensions());
-  dy.setConstant(1.0f);             // loss = sum(y): its gradient w.r.t. x is zero
+  dy.setRandom();                   // upstream gradient d loss / d y
   const Tensor4 dx = bn.backward(x, dy);
-  const Eigen::Tensor<float, 0, Eigen::RowMajor> dx_max = dx.abs().maximum();
-  std::printf("backward: max |dx| = %.2e, dbias = [%.0f, %.0f, %.0f], dweight[0] = %+.2e\n",
-              static_cast<double>(dx_max()), static_cast<double>(bn.bias_grad()(0)),
-              static_cast<double>(bn.bias_grad()(1)), static_cast<double>(bn.bias_grad()(2)),
-              static_cast<double>(bn.weight_grad()(0)));
+  // The path through the batch mean makes every channel's dx sum to zero.
+  const Eigen::Tensor<float, 1, Eigen::RowMajor> dx_sum = dx.sum(Eigen::array<Eigen::Index, 3>{0, 2, 3});
+  std::printf("backward: sum(dx) per channel = [%+.1e, %+.1e, %+.1e]\n", static_cast<double>(dx_sum(0)),
+              static_cast<double>(dx_sum(1)), static_cast<double>(dx_sum(2)));
+  std::printf("          dweight = [%.3f, %.3f, %.3f], dbias = [%.3f, %.3f, %.3f]\n",
+              static_cast<double>(bn.weight_grad()(0)), static_cast<double>(bn.weight_grad()(1)),
+              static_cast<double>(bn.weight_grad()(2)), static_cast<double>(bn.bias_grad()(0)),
+              static_cast<double>(bn.bias_grad()(1)), static_cast<double>(bn.bias_grad()(2)));
 
   bn.eval();                        // inference: running statistics, nothing updated
   const Tensor4 y_eval = bn.forward(x);
