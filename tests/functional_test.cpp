@@ -314,7 +314,7 @@ TEMPLATE_TEST_CASE("merged micro-batch statistics equal those of the whole batch
   CHECK(count == 10 * L);
   for (std::size_t c = 0; c < 3; ++c) {
     CHECK(mean[c] == Approx(mean_all[c]).epsilon(1e-14));
-    CHECK(m2[c] == Approx(m2_all[c]).epsilon(1e-11));
+    CHECK(m2[c] == Approx(m2_all[c]).epsilon(std::is_same_v<T, float> ? kFloatPartialSumTol : 1e-11));
   }
   // Normalizing each micro-batch with the merged statistics equals normalizing the whole batch.
   std::vector<Acc<T>> invstd(3), save_mean(3), save_invstd(3);

@@ -85,6 +85,7 @@ class BatchNorm {
     if (options.track_running_stats()) running_mean_.resize(c), running_var_.resize(c);
     save_mean_.assign(static_cast<std::size_t>(c), Acc(0));
     save_invstd_.assign(static_cast<std::size_t>(c), Acc(0));
+    workspace_.assign(static_cast<std::size_t>(2 * c), Acc(0));
     reset_parameters();
   }
 
@@ -216,10 +217,11 @@ class BatchNorm {
     Scalar* dw = affine ? weight_grad_.data() : nullptr;
     Scalar* db = affine ? bias_grad_.data() : nullptr;
     if (saved_.batch_stats)
-      functional::backward_training(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw, db);
+      functional::backward_training(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw, db,
+                                    workspace_.data());
     else
       functional::backward_inference(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw,
-                                     db);
+                                     db, workspace_.data());
   }
 
  private:
@@ -293,6 +295,7 @@ class BatchNorm {
   Vector weight_, bias_, weight_grad_, bias_grad_, running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
   std::vector<Acc> save_mean_, save_invstd_;  // statistics of the last forward (mean, invstd)
+  std::vector<Acc> workspace_;                // 2*C scratch of backward: nothing allocated per call
   Saved saved_;
 };
 

@@ -1,6 +1,7 @@
 // batchnorm::functional: stateless batch normalization on raw pointers and a strided
-// (outer, C, inner) View. No Eigen types, no allocation; every function checks its arguments
-// first (std::invalid_argument) and then cannot fail.
+// (outer, C, inner) View. No Eigen types; nothing allocated (the backward passes take a 2*C
+// workspace, or allocate it when given none); every function checks its arguments first
+// (std::invalid_argument) and then cannot fail.
 #pragma once
 
 #include "functional/backward.hpp"

@@ -1,38 +1,55 @@
 // batchnorm: the loops behind batchnorm::functional. Free to change; not public API.
 //
 // Two traversals of a View (see functional/view.hpp):
-//   row path   (inner >= kRowMin, or outer <= 1): per channel c, the rows x[(o*C + c)*inner + i],
-//              i = 0..inner-1, are contiguous; loops run along them with per-channel constants.
-//   lane path  (short rows): for fixed o the values of channels c0..c1-1 form one contiguous run
-//              of (c1-c0)*inner "lanes"; loops run across lanes with per-lane constants held in
-//              small stack arrays (a tile of at most kLanes lanes), and fold lanes into channels.
-// Every reduction has a fixed order that depends on the View only (never on threads or timing).
+//   row path   (inner >= kRowMin, or outer <= 1): channel c is `outer` rows of `inner`
+//              contiguous values x[(o*C + c)*inner + i]; loops run along the rows with
+//              per-channel constants. A group is one channel.
+//   lane path  (short rows): for fixed o the values of channels c0..c1-1 are one contiguous run
+//              of (c1-c0)*inner "lanes"; loops run across lanes with per-lane constants in
+//              small stack arrays, and lanes fold into channels at the end. A group is a tile of
+//              whole channels, at most kLanes lanes.
+// A kernel finishes a group (statistics, then the elementwise pass) before the next, so the
+// second pass finds the group in cache when it fits (tiles are sized for that); groups are
+// independent, and run on OpenMP threads when the library is built with OpenMP
+// (batchnorm::openmp). Every sum has an order fixed by the View alone: the results are bitwise
+// the same for any number of threads and any tiling.
+//
+// Precision: sums run in T vectors for at most kFlush additions per lane, then move to
+// accum_t<T> (double); for float that bounds the relative error of a partial sum by 7 * 2^-24
+// before it joins a double sum. Statistics are two-pass over L1-sized chunks (row path) or
+// row blocks (lane path), merged with Chan et al.'s formula.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "../config.hpp"
 #include "../functional/view.hpp"
+#include "simd.hpp"
 
 namespace batchnorm::detail {
 
+using functional::accum_t;
 using functional::Index;
 using functional::View;
 
-inline constexpr Index kRowMin = 32;    ///< rows at least this long take the row path
-inline constexpr Index kChunk = 2048;   ///< values per two-pass chunk: 8 KiB of float, stays in L1
-inline constexpr Index kLanes = 256;    ///< lanes per tile in the lane path
-inline constexpr Index kBlockRows = 32; ///< rows per two-pass block in the lane path
-inline constexpr int kPartials = 16;    ///< independent partial sums: fill the SIMD lanes, hide add latency
+inline constexpr Index kRowMin = 1024;        ///< rows at least this long take the row path
+inline constexpr Index kChunk = 2048;         ///< values per two-pass chunk of the row path (L1)
+inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane path
+inline constexpr Index kBlockRows = 16;       ///< rows per two-pass block of the lane path (L1)
+inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
+inline constexpr Index kCacheBudget = 1 << 19;  ///< bytes of a group the second pass should find in cache
+inline constexpr Index kStreamBytes = 1 << 22;  ///< outputs this large bypass the caches
+inline constexpr Index kParallelMin = 1 << 16;  ///< fewer values than this run on one thread
 
-inline bool use_row_path(const View& v) noexcept { return v.inner >= kRowMin || v.outer <= 1; }
-
-/// Values per tile of the lane path: whole channels, at most kLanes lanes (inner < kRowMin, so
-/// at least kLanes / kRowMin = 8 channels a tile).
-inline Index lane_tile_channels(const View& v) noexcept {
-  return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner));
-}
+// ---------------------------------------------------------------------------------------------
+// Moments and their merge.
 
 /// Count, mean and M2 = sum (x - mean)^2 of a set of values. merge() combines two disjoint sets
 /// exactly as Chan, Golub and LeVeque (1979):
@@ -57,219 +74,466 @@ struct Moments {
   }
 };
 
-/// sum_{i < n} f(i) in A, with kPartials interleaved partial sums folded pairwise at the end.
-/// Scalar twin: for (i) s += f(i). The partials let the compiler vectorise without -ffast-math
-/// and fix the summation order.
-template <class A, class F>
-inline A sum_span(Index n, F f) noexcept {
-  A part[kPartials] = {};
-  Index i = 0;
-  for (; i + kPartials <= n; i += kPartials)
-    for (int j = 0; j < kPartials; ++j) part[j] += f(i + j);
+// ---------------------------------------------------------------------------------------------
+// Vector sums with flushes to double.
+
+/// Sums f over spans: add(p, n, f) adds f(x) for the n values x = p[0..n) (f gets a vector or a
+/// scalar and returns the same kind). Four vector accumulators hide the add latency; each lane
+/// adds at most kFlush values in T before they move to the wide (double) sums.
+/// Scalar twin: for (i) s += f(p[i]).
+template <class T>
+struct SpanSum {
+  using S = simd::Simd<T>;
+  using A = accum_t<T>;
+  typename S::wide w0{}, w1{};
   A tail = 0;
-  for (; i < n; ++i) tail += f(i);
-  for (int w = kPartials / 2; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) part[j] += part[j + w];
-  return part[0] + tail;
-}
 
-/// Merges the values x[0..n) into acc, chunk by chunk. Each chunk (<= kChunk values, in L1) is a
-/// two-pass computation shifted by its first value s:
-///   mean_k = s + sum (x - s) / len,   M2_k = sum (x - mean_k)^2.
-/// The shift makes a constant chunk give mean_k == s exactly and M2_k == 0.
-template <class T, class A>
-inline void merge_span_moments(const T* x, Index n, Moments<A>& acc) noexcept {
-  for (Index start = 0; start < n; start += kChunk) {
-    const Index len = std::min(kChunk, n - start);
-    const T* p = x + start;
-    const A shift = static_cast<A>(p[0]);
-    const A sum = sum_span<A>(len, [p, shift](Index i) { return static_cast<A>(p[i]) - shift; });
-    const A mean = shift + sum / static_cast<A>(len);
-    const A m2 = sum_span<A>(len, [p, mean](Index i) {
-      const A d = static_cast<A>(p[i]) - mean;
-      return d * d;
-    });
-    acc.merge(static_cast<A>(len), mean, m2);
+  template <class F>
+  void add(const T* p, Index n, F f) noexcept {
+    constexpr Index W = S::lanes;
+    Index i = 0;
+    while (i + 4 * W <= n) {
+      typename S::vec a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+      const Index stop = std::min(n, i + kFlush / 2 * 4 * W);  // a0 + a1: kFlush terms a lane
+      for (; i + 4 * W <= stop; i += 4 * W) {
+        a0 += f(S::load(p + i));
+        a1 += f(S::load(p + i + W));
+        a2 += f(S::load(p + i + 2 * W));
+        a3 += f(S::load(p + i + 3 * W));
+      }
+      S::accumulate(w0, a0 + a1);
+      S::accumulate(w1, a2 + a3);
+    }
+    for (; i + W <= n; i += W) S::accumulate(w0, f(S::load(p + i)));
+    for (; i < n; ++i) tail += static_cast<A>(f(p[i]));
   }
+  A result() const noexcept {
+    typename S::wide w = w0 + w1;
+    return simd::hsum<T>(w) + tail;
+  }
+};
+
+/// Two sums over two inputs at once: f(x, u) returns the pair of terms {first, second}
+/// (vectors or scalars). Scalar twin: for (i) {s0, s1} += f(x[i], u[i]).
+template <class T>
+struct DualSpanSum {
+  using S = simd::Simd<T>;
+  using A = accum_t<T>;
+  typename S::wide w0{}, w1{};
+  A tail0 = 0, tail1 = 0;
+
+  template <class V>
+  struct Pair {
+    V first, second;
+  };
+
+  template <class F>
+  void add(const T* x, const T* u, Index n, F f) noexcept {
+    constexpr Index W = S::lanes;
+    Index i = 0;
+    while (i + 2 * W <= n) {
+      typename S::vec a0 = S::zero(), a1 = S::zero(), b0 = S::zero(), b1 = S::zero();
+      const Index stop = std::min(n, i + kFlush / 2 * 2 * W);  // a0 + a1: kFlush terms a lane
+      for (; i + 2 * W <= stop; i += 2 * W) {
+        const auto t0 = f(S::load(x + i), S::load(u + i));
+        const auto t1 = f(S::load(x + i + W), S::load(u + i + W));
+        a0 += t0.first, b0 += t0.second;
+        a1 += t1.first, b1 += t1.second;
+      }
+      S::accumulate(w0, a0 + a1);
+      S::accumulate(w1, b0 + b1);
+    }
+    for (; i < n; ++i) {
+      const auto t = f(x[i], u[i]);
+      tail0 += static_cast<A>(t.first);
+      tail1 += static_cast<A>(t.second);
+    }
+  }
+  A first() const noexcept { return simd::hsum<T>(w0) + tail0; }
+  A second() const noexcept { return simd::hsum<T>(w1) + tail1; }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The plan: path, group size, threads, streaming stores.
+
+struct Plan {
+  bool row = true;       ///< row path, else lane path
+  Index group = 1;       ///< channels per group: 1 on the row path, a thread's share on the lane path
+  Index groups = 0;      ///< number of groups
+  bool parallel = false; ///< run groups on OpenMP threads
+  bool stream = false;   ///< write the output with non-temporal stores
+};
+
+inline int max_threads() noexcept {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
 }
 
-/// Calls f(c0, nc) for consecutive groups of channels [c0, c0 + nc) covering all channels:
-/// single channels on the row path, lane tiles on the lane path. The kernels finish one group
-/// (statistics, then the elementwise pass) before the next, so the second pass over a group
-/// finds its data in cache when it fits; groups are independent of each other.
+/// Channels per lane tile: whole channels, at most kLanes lanes.
+inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
+
+/// The row path takes one channel per group. The lane path streams whole rows (a row block at a
+/// time, so memory is read in order) over a range of channels per group: one range per thread,
+/// whole tiles each. Lanes are independent, so the partition never changes a result.
+template <class T>
+Plan make_plan(const View& v) noexcept {
+  Plan p;
+  const Index C = v.channels;
+  p.row = v.inner >= kRowMin || v.outer <= 1;
+  const int threads = v.size() >= kParallelMin ? max_threads() : 1;
+  p.parallel = threads > 1;
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) >= kStreamBytes;
+  if (p.row) {
+    p.group = 1;
+  } else {
+    const Index ct = tile_channels(v);
+    const Index tiles = (C + ct - 1) / ct;
+    p.group = ct * ((tiles + threads - 1) / threads);
+  }
+  p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
+  return p;
+}
+
+/// Calls f(c0, nc) for every group [c0, c0 + nc), on OpenMP threads if the plan says so.
 template <class F>
-void for_each_group(const View& v, F f) {
-  const Index g = use_row_path(v) ? 1 : lane_tile_channels(v);
-  for (Index c0 = 0; c0 < v.channels; c0 += g) f(c0, std::min(g, v.channels - c0));
+void for_each_group(const View& v, const Plan& p, F f) noexcept {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (p.parallel)
+#endif
+  for (Index g = 0; g < p.groups; ++g) {
+    const Index c0 = g * p.group;
+    f(c0, std::min(p.group, v.channels - c0));
+  }
 }
 
-/// Mean and M2 of channels c0 .. c0+nc-1 into mean[0..nc), m2[0..nc) (nc <= kLanes on the lane
-/// path). See functional::batch_moments for the contract.
+/// Calls f(o0, rows, t0, nt) for the lane path: row blocks of `block` rows in order, and within
+/// each, the tiles [t0, t0 + nt) of channels [c0, c0 + nc).
+template <class F>
+void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) noexcept {
+  const Index ct = tile_channels(v);
+  for (Index o0 = 0; o0 < v.outer; o0 += block)
+    for (Index t0 = c0; t0 < c0 + nc; t0 += ct) f(o0, std::min(block, v.outer - o0), t0, std::min(ct, c0 + nc - t0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+
+/// Merges the values of channel c (row path) into acc, chunk by chunk. A chunk is kChunk values
+/// or less: several whole rows, or a piece of a long row. Each chunk is two-passed in L1,
+/// shifted by its first value s:
+///   mean_k = s + sum (x - s) / len,   M2_k = sum (x - mean_k)^2,
+/// with x - mean_k evaluated as (x - head) - tail, mean_k = head + tail in T. A constant chunk
+/// gives mean_k == s exactly and M2_k == 0. The chunk means are merged relative to the channel's
+/// first value (added back at the end), so that the rounding of each merge is relative to the
+/// spread of the data, not to its magnitude: |mean| / std = 1e5 costs nothing.
 template <class T, class A>
-void group_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
-  const Index C = v.channels, I = v.inner, O = v.outer;
-  if (use_row_path(v)) {
-    for (Index k = 0; k < nc; ++k) {
-      Moments<A> acc;
-      for (Index o = 0; o < O; ++o) merge_span_moments(x + (o * C + c0 + k) * I, I, acc);
-      mean[k] = acc.mean;
-      m2[k] = acc.m2;
-    }
-    return;
+void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexcept {
+  const Index I = v.inner, O = v.outer, stride = v.channels * I;
+  const T* base = x + c * I;
+  const A origin = I > 0 && O > 0 ? static_cast<A>(base[0]) : A(0);  // acc holds means relative to it
+  // A chunk: rows [o0, o1) from value i0 to i1 of each.
+  const auto chunk = [&](Index o0, Index o1, Index i0, Index i1) {
+    const Index len = (o1 - o0) * (i1 - i0);
+    const T s = base[o0 * stride + i0];
+    SpanSum<T> sum;
+    for (Index o = o0; o < o1; ++o) sum.add(base + o * stride + i0, i1 - i0, [s](auto xv) { return xv - s; });
+    const A rel = (static_cast<A>(s) - origin) + sum.result() / static_cast<A>(len);
+    const A mean = origin + rel;
+    const T head = static_cast<T>(mean), tail = static_cast<T>(mean - static_cast<A>(head));
+    SpanSum<T> m2;
+    for (Index o = o0; o < o1; ++o)
+      m2.add(base + o * stride + i0, i1 - i0, [head, tail](auto xv) {
+        const auto e = (xv - head) - tail;
+        return e * e;
+      });
+    acc.merge(static_cast<A>(len), rel, m2.result());
+  };
+  if (I == 0) return;
+  if (I >= kChunk) {
+    for (Index o = 0; o < O; ++o)
+      for (Index i0 = 0; i0 < I; i0 += kChunk) chunk(o, o + 1, i0, std::min(I, i0 + kChunk));
+  } else {
+    const Index rows = kChunk / I;
+    for (Index o0 = 0; o0 < O; o0 += rows) chunk(o0, std::min(O, o0 + rows), 0, I);
   }
-  // Lane path: a block of kBlockRows rows x nl lanes is two-passed per lane (shifted by the
-  // block's first row), then each lane's block moments merge into its channel.
-  BATCHNORM_ASSERT(nc * I <= kLanes, "lane tile too wide");
-  const Index nl = nc * I, stride = C * I;
-  Moments<A> acc[kLanes];
-  A shift[kLanes], sum[kLanes], bmean[kLanes], bm2[kLanes];
-  for (Index o0 = 0; o0 < O; o0 += kBlockRows) {
-    const Index rows = std::min(kBlockRows, O - o0);
-    const T* base = x + (o0 * C + c0) * I;
-    for (Index l = 0; l < nl; ++l) {
-      shift[l] = static_cast<A>(base[l]);
-      sum[l] = 0;
-      bm2[l] = 0;
-    }
-    for (Index r = 0; r < rows; ++r) {
-      const T* row = base + r * stride;
-      for (Index l = 0; l < nl; ++l) sum[l] += static_cast<A>(row[l]) - shift[l];
-    }
-    for (Index l = 0; l < nl; ++l) bmean[l] = shift[l] + sum[l] / static_cast<A>(rows);
-    for (Index r = 0; r < rows; ++r) {
-      const T* row = base + r * stride;
-      for (Index l = 0; l < nl; ++l) {
-        const A d = static_cast<A>(row[l]) - bmean[l];
-        bm2[l] += d * d;
+  acc.mean += origin;
+}
+
+/// Per-lane sums over `rows` rows (stride apart) of nl lanes:
+///   out[l] = sum_r f(x[r][l], a[l], b[l])
+/// Rows are read one after the other (never down a column: row strides of 4 KiB would alias in
+/// the L1 sets); kFlush rows are summed in T per lane, then added to out in A.
+template <class T, class F>
+void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out, F f) noexcept {
+  using S = simd::Simd<T>;
+  using A = accum_t<T>;
+  constexpr Index W = S::lanes;
+  alignas(64) T acc[kLanes];
+  for (Index l = 0; l < nl; ++l) out[l] = 0;
+  for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+    const Index r1 = std::min(rows, r0 + kFlush);
+    for (Index r = r0; r < r1; ++r) {
+      const T* xr = x + r * stride;
+      Index l = 0;
+      for (; l + W <= nl; l += W) {
+        const auto t = f(S::load(xr + l), S::load(a + l), S::load(b + l));
+        S::store(acc + l, r == r0 ? t : S::load(acc + l) + t);
+      }
+      for (; l < nl; ++l) {
+        const T t = f(xr[l], a[l], b[l]);
+        acc[l] = r == r0 ? t : acc[l] + t;
       }
     }
-    for (Index k = 0; k < nc; ++k)
-      for (Index i = 0; i < I; ++i) acc[k].merge(static_cast<A>(rows), bmean[k * I + i], bm2[k * I + i]);
+    for (Index l = 0; l < nl; ++l) out[l] += static_cast<A>(acc[l]);
   }
+}
+
+/// Merges, per channel k < nt, its I lanes of `rows` values each (lane moments bmean, bm2 at
+/// k*I + i) into one set of rows*I values: sequentially, lane i joining i lanes, with Chan's
+/// factors shared by all channels (f1 = 1/(i+1), f2 = i*rows/(i+1)). Result in bmean[k], bm2[k].
+template <class A>
+void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
+  if (I == 1) return;
+  for (Index k = 0; k < nt; ++k) {
+    A mean = bmean[k * I], m2 = bm2[k * I];
+    for (Index i = 1; i < I; ++i) {
+      const A f1 = A(1) / static_cast<A>(i + 1), f2 = static_cast<A>(i * rows) / static_cast<A>(i + 1);
+      const A delta = bmean[k * I + i] - mean;
+      mean += delta * f1;
+      m2 += bm2[k * I + i] + delta * delta * f2;
+    }
+    bmean[k] = mean, bm2[k] = m2;
+  }
+}
+
+/// Lane path: mean and M2 of channels [c0, c0 + nc) into mean[0..nc), m2[0..nc), streaming row
+/// blocks of kBlockRows rows. Per tile of a block, each lane is two-passed (shifted by the
+/// block's first row); the lanes of a channel merge into its block moments, which merge into
+/// the channel's running moments (every channel has the same count, so the Chan factors are
+/// shared). Means are merged relative to each channel's first value, as in channel_moments.
+template <class T, class A>
+void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
+  const Index I = v.inner, stride = v.channels * I;
+  alignas(64) T shift[kLanes], head[kLanes], tail[kLanes];
+  alignas(64) A bsum[kLanes], bm2[kLanes];
+  for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
+  A n = 0;  // values merged so far, per channel
+  for_each_block_tile(v, c0, nc, kBlockRows, [&](Index o0, Index rows, Index t0, Index nt) {
+    const Index nl = nt * I;
+    const T* blk = x + (o0 * v.channels + t0) * I;
+    for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
+    lane_sums(blk, stride, rows, nl, shift, shift, bsum, [](auto xv, auto s, auto) { return xv - s; });
+    for (Index l = 0; l < nl; ++l) {
+      const A origin = static_cast<A>(x[t0 * I + l - l % I]);  // first value of the lane's channel
+      const A rel = (static_cast<A>(shift[l]) - origin) + bsum[l] / static_cast<A>(rows);
+      const A bmean = origin + rel;
+      bsum[l] = rel;
+      head[l] = static_cast<T>(bmean);
+      tail[l] = static_cast<T>(bmean - static_cast<A>(head[l]));
+    }
+    lane_sums(blk, stride, rows, nl, head, tail, bm2, [](auto xv, auto h, auto t) {
+      const auto e = (xv - h) - t;
+      return e * e;
+    });
+    fold_lanes(nt, I, rows, bsum, bm2);
+    const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
+    A* cm = mean + (t0 - c0);
+    A* c2 = m2 + (t0 - c0);
+    if (n == 0) {
+      for (Index k = 0; k < nt; ++k) cm[k] = bsum[k], c2[k] = bm2[k];
+    } else {
+      for (Index k = 0; k < nt; ++k) {
+        const A delta = bsum[k] - cm[k];
+        cm[k] += delta * f1;
+        c2[k] += bm2[k] + delta * delta * f2;
+      }
+    }
+    if (t0 + nt == c0 + nc) n = n_ab;  // the block is done for every tile
+  });
+  if (v.outer > 0 && I > 0)
+    for (Index k = 0; k < nc; ++k) mean[k] += static_cast<A>(x[(c0 + k) * I]);
+}
+
+/// Mean and M2 of the channels of a group into mean[0..nc), m2[0..nc).
+template <class T, class A>
+void group_moments(const T* x, const View& v, const Plan& p, Index c0, Index nc, A* mean, A* m2) noexcept {
+  if (!p.row) return lane_moments(x, v, c0, nc, mean, m2);
   for (Index k = 0; k < nc; ++k) {
-    mean[k] = acc[k].mean;
-    m2[k] = acc[k].m2;
+    Moments<A> acc;
+    channel_moments(x, v, c0 + k, acc);
+    mean[k] = acc.mean;
+    m2[k] = acc.m2;
   }
 }
 
 /// Per-channel mean and M2 over the whole view.
 template <class T, class A>
 void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
-  for_each_group(v, [&](Index c0, Index nc) { group_moments(x, v, c0, nc, mean + c0, m2 + c0); });
+  const Plan p = make_plan<T>(v);
+  for_each_group(v, p, [&](Index c0, Index nc) { group_moments(x, v, p, c0, nc, mean + c0, m2 + c0); });
 }
 
-/// Per-channel constants of the elementwise kernels.
+// ---------------------------------------------------------------------------------------------
+// Gradient sums.
+
+/// Sums over the channels of a group of dy and of dy * d, d = (x - head_c) - tail_c, into
+/// sum_dy[0..nc), sum_dy_d[0..nc):
+///   sum_dy = sum dy,   sum_dy_d = sum dy * d
+/// coef_of(c) gives head_c and tail_c (a Coef<T>).
+template <class T, class A, class CoefOf>
+void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+                     A* sum_dy, A* sum_dy_d) noexcept {
+  const Index C = v.channels, I = v.inner, O = v.outer;
+  if (p.row) {
+    for (Index k = 0; k < nc; ++k) {
+      const auto cf = coef_of(c0 + k);
+      const T h = cf.head, t = cf.tail;
+      DualSpanSum<T> acc;
+      for (Index o = 0; o < O; ++o) {
+        const Index off = (o * C + c0 + k) * I;
+        acc.add(x + off, dy + off, I, [h, t](auto xv, auto dyv) {
+          return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * ((xv - h) - t)};
+        });
+      }
+      sum_dy[k] = acc.first();
+      sum_dy_d[k] = acc.second();
+    }
+    return;
+  }
+  // Lane path: row blocks in order, rows one after the other; per tile, kFlush rows summed per
+  // lane in T, then folded into the channels' sums in A.
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  const Index stride = C * I;
+  alignas(64) T head[kLanes], tail[kLanes], acc0[kLanes], acc1[kLanes];
+  for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
+  Index coef_tile = -1;
+  for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
+    const Index nl = nt * I;
+    if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
+      for (Index k = 0; k < nt; ++k) {
+        const auto cf = coef_of(t0 + k);
+        for (Index i = 0; i < I; ++i) head[k * I + i] = cf.head, tail[k * I + i] = cf.tail;
+      }
+      coef_tile = t0;
+    }
+    A* s0 = sum_dy + (t0 - c0);
+    A* s1 = sum_dy_d + (t0 - c0);
+    for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
+      const Index r1 = std::min(o0 + rows, r0 + kFlush);
+      for (Index r = r0; r < r1; ++r) {
+        const T* xr = x + (r * C + t0) * I;
+        const T* dr = dy + (r * C + t0) * I;
+        Index l = 0;
+        for (; l + W <= nl; l += W) {
+          const auto dyv = S::load(dr + l);
+          const auto dv = dyv * ((S::load(xr + l) - S::load(head + l)) - S::load(tail + l));
+          S::store(acc0 + l, r == r0 ? dyv : S::load(acc0 + l) + dyv);
+          S::store(acc1 + l, r == r0 ? dv : S::load(acc1 + l) + dv);
+        }
+        for (; l < nl; ++l) {
+          const T dyv = dr[l], dv = dyv * ((xr[l] - head[l]) - tail[l]);
+          acc0[l] = r == r0 ? dyv : acc0[l] + dyv;
+          acc1[l] = r == r0 ? dv : acc1[l] + dv;
+        }
+      }
+      if (I == 1) {
+        for (Index k = 0; k < nt; ++k) s0[k] += static_cast<A>(acc0[k]), s1[k] += static_cast<A>(acc1[k]);
+      } else {
+        for (Index k = 0; k < nt; ++k)
+          for (Index i = 0; i < I; ++i) s0[k] += static_cast<A>(acc0[k * I + i]), s1[k] += static_cast<A>(acc1[k * I + i]);
+      }
+    }
+  });
+  (void)stride;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise passes.
+
+/// Per-channel constants of the elementwise kernels; each kernel documents its formula in them.
 template <class T>
 struct Coef {
   T head = 0, tail = 0, p = 0, q = 0, r = 0;
 };
 
-/// Constants of one channel, the same for every value of a row (row path).
+/// The constants of a lane-path tile, one array per Coef member, indexed by lane.
 template <class T>
-struct UniformCoef {
-  Coef<T> c;
-  T head(Index) const noexcept { return c.head; }
-  T tail(Index) const noexcept { return c.tail; }
-  T p(Index) const noexcept { return c.p; }
-  T q(Index) const noexcept { return c.q; }
-  T r(Index) const noexcept { return c.r; }
+struct LaneCoefs {
+  const T* k[5];
 };
 
-/// Constants per lane (lane path).
-template <class T>
-struct LaneCoef {
-  const T *head_, *tail_, *p_, *q_, *r_;
-  T head(Index l) const noexcept { return head_[l]; }
-  T tail(Index l) const noexcept { return tail_[l]; }
-  T p(Index l) const noexcept { return p_[l]; }
-  T q(Index l) const noexcept { return q_[l]; }
-  T r(Index l) const noexcept { return r_[l]; }
-};
-
-/// Calls body(offset, n, coef) for every contiguous run of values of channels c0 .. c0+nc-1,
-/// where coef gives the constants coef_of(c) of each value's channel (coef.head(j) belongs to
-/// the value at offset + j).
-template <class T, class CoefOf, class Body>
-void group_runs(const View& v, Index c0, Index nc, CoefOf coef_of, Body body) noexcept {
-  const Index C = v.channels, I = v.inner, O = v.outer;
-  if (use_row_path(v)) {
-    for (Index c = c0; c < c0 + nc; ++c) {
-      const UniformCoef<T> cf{coef_of(c)};
-      for (Index o = 0; o < O; ++o) body((o * C + c) * I, I, cf);
-    }
-    return;
+/// out[i] = f(x[i], u[i], head, tail, p, q, r) for i < n, with the constants as scalars (row
+/// path, K = Coef<T>) or loaded per lane (lane path, K = LaneCoefs<T>). u is read only if HasU.
+/// With stream, full vectors at aligned addresses go out as non-temporal stores.
+template <class T, bool HasU, class K, class F>
+inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  constexpr bool per_lane = std::is_same_v<K, LaneCoefs<T>>;
+  const auto scalar = [&](Index i) {
+    const T uv = HasU ? u[i] : T(0);
+    if constexpr (per_lane) out[i] = f(x[i], uv, k.k[0][i], k.k[1][i], k.k[2][i], k.k[3][i], k.k[4][i]);
+    else out[i] = f(x[i], uv, k.head, k.tail, k.p, k.q, k.r);
+  };
+  const auto vector = [&](Index i) {
+    const auto xv = S::load(x + i);
+    const auto uv = HasU ? S::load(u + i) : S::zero();
+    if constexpr (per_lane)
+      return f(xv, uv, S::load(k.k[0] + i), S::load(k.k[1] + i), S::load(k.k[2] + i), S::load(k.k[3] + i),
+               S::load(k.k[4] + i));
+    else
+      return f(xv, uv, k.head, k.tail, k.p, k.q, k.r);
+  };
+  Index i = 0;
+  if (stream && n >= 4 * W) {
+    for (; i < n && !simd::stream_aligned(out + i); ++i) scalar(i);
+    for (; i + W <= n; i += W) simd::stream<T>(out + i, vector(i));
   }
-  BATCHNORM_ASSERT(nc * I <= kLanes, "lane tile too wide");
-  T head[kLanes], tail[kLanes], p[kLanes], q[kLanes], r[kLanes];
-  for (Index k = 0; k < nc; ++k) {
-    const Coef<T> cf = coef_of(c0 + k);
-    for (Index i = 0; i < I; ++i) {
-      head[k * I + i] = cf.head;
-      tail[k * I + i] = cf.tail;
-      p[k * I + i] = cf.p;
-      q[k * I + i] = cf.q;
-      r[k * I + i] = cf.r;
-    }
-  }
-  const LaneCoef<T> cf{head, tail, p, q, r};
-  for (Index o = 0; o < O; ++o) body((o * C + c0) * I, nc * I, cf);
+  for (; i + W <= n; i += W) S::store(out + i, vector(i));
+  for (; i < n; ++i) scalar(i);
 }
 
-/// Sums over channels c0 .. c0+nc-1 of dy and of dy * d, d = (x - head_c) - tail_c, into
-/// sum_dy[0..nc), sum_dy_d[0..nc), accumulated in A:
-///   sum_dy = sum dy,   sum_dy_d = sum dy * d
-template <class T, class A, class CoefOf>
-void group_grad_sums(const T* x, const T* dy, const View& v, Index c0, Index nc, CoefOf coef_of, A* sum_dy,
-                     A* sum_dy_d) noexcept {
+/// out = f(x, u, coefficients of the value's channel) over the channels of a group.
+/// coef_of(c) gives the Coef<T> of channel c.
+template <class T, bool HasU, class CoefOf, class F>
+void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+                 F f) noexcept {
   const Index C = v.channels, I = v.inner, O = v.outer;
-  if (use_row_path(v)) {
-    for (Index k = 0; k < nc; ++k) {
-      const Coef<T> cf = coef_of(c0 + k);
-      A s_dy = 0, s_dy_d = 0;
+  if (p.row) {
+    for (Index c = c0; c < c0 + nc; ++c) {
+      const Coef<T> cf = coef_of(c);
       for (Index o = 0; o < O; ++o) {
-        const T* xs = x + (o * C + c0 + k) * I;
-        const T* dys = dy + (o * C + c0 + k) * I;
-        s_dy += sum_span<A>(I, [dys](Index i) { return static_cast<A>(dys[i]); });
-        s_dy_d += sum_span<A>(I, [xs, dys, cf](Index i) {
-          const T d = (xs[i] - cf.head) - cf.tail;
-          return static_cast<A>(dys[i]) * static_cast<A>(d);
-        });
+        const Index off = (o * C + c) * I;
+        apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, p.stream, cf, f);
       }
-      sum_dy[k] = s_dy;
-      sum_dy_d[k] = s_dy_d;
     }
     return;
   }
-  BATCHNORM_ASSERT(nc * I <= kLanes, "lane tile too wide");
-  const Index nl = nc * I;
-  T head[kLanes], tail[kLanes];
-  A s_dy[kLanes], s_dy_d[kLanes];
-  for (Index k = 0; k < nc; ++k) {
-    const Coef<T> cf = coef_of(c0 + k);
-    for (Index i = 0; i < I; ++i) {
-      head[k * I + i] = cf.head;
-      tail[k * I + i] = cf.tail;
+  // Lane path: row blocks in order, per tile the lane constants (rebuilt unless the group is
+  // one tile), then the block's rows.
+  alignas(64) T k[5][kLanes];
+  const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
+  Index coef_tile = -1;
+  for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
+    if (coef_tile != t0) {
+      for (Index j = 0; j < nt; ++j) {
+        const Coef<T> cf = coef_of(t0 + j);
+        for (Index i = 0; i < I; ++i) {
+          const Index l = j * I + i;
+          k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+        }
+      }
+      coef_tile = t0;
     }
-  }
-  for (Index l = 0; l < nl; ++l) s_dy[l] = s_dy_d[l] = 0;
-  for (Index o = 0; o < O; ++o) {
-    const T* xs = x + (o * C + c0) * I;
-    const T* dys = dy + (o * C + c0) * I;
-    for (Index l = 0; l < nl; ++l) {
-      const T d = (xs[l] - head[l]) - tail[l];
-      s_dy[l] += static_cast<A>(dys[l]);
-      s_dy_d[l] += static_cast<A>(dys[l]) * static_cast<A>(d);
+    for (Index o = o0; o < o0 + rows; ++o) {
+      const Index off = (o * C + t0) * I;
+      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nt * I, p.stream, lanes, f);
     }
-  }
-  for (Index k = 0; k < nc; ++k) {
-    A a = 0, b = 0;
-    for (Index i = 0; i < I; ++i) {
-      a += s_dy[k * I + i];
-      b += s_dy_d[k * I + i];
-    }
-    sum_dy[k] = a;
-    sum_dy_d[k] = b;
-  }
+  });
 }
 
 }  // namespace batchnorm::detail

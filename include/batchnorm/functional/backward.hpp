@@ -1,6 +1,8 @@
 // batchnorm::functional: backward passes, hand-derived.
 #pragma once
 
+#include <vector>
+
 #include "../detail/errors.hpp"
 #include "../detail/kernels.hpp"
 #include "forward.hpp"
@@ -26,6 +28,18 @@ batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
   cf.tail = static_cast<T>(mean - static_cast<accum_t<T>>(cf.head));
   return cf;
 }
+/// 2*C accumulators: the caller's workspace, or allocated here when it gave none.
+template <class A>
+struct Scratch {
+  std::vector<A> own;
+  A* sum_dy;
+  A* sum_dy_d;
+  Scratch(Index channels, A* workspace) {
+    if (!workspace) own.resize(static_cast<std::size_t>(2 * channels)), workspace = own.data();
+    sum_dy = workspace;
+    sum_dy_d = workspace + channels;
+  }
+};
 }  // namespace detail_backward
 
 /// Training-mode backward (batch statistics), for channel c; sums run over its m values,
@@ -39,24 +53,28 @@ batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
 /// (pass 1 reads x, dy), dx in T (pass 2 reads x, dy, writes dx), channel by channel so pass 2
 /// finds the channel in cache when it fits. weight nullptr: affine off (weight 1). dx, dweight,
 /// dbias may each be nullptr (not wanted). dx may equal dy or x. m == 0: dweight = dbias = 0.
-/// NaN/Inf propagate.
+/// workspace: 2*C accum_t<T> values of scratch, or nullptr to have them allocated here (the only
+/// allocation of the functional layer). NaN/Inf propagate.
 template <class T>
 void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd,
-                       const T* weight, T* dx, T* dweight, T* dbias) {
+                       const T* weight, T* dx, T* dweight, T* dbias, accum_t<T>* workspace = nullptr) {
   using A = accum_t<T>;
   detail_backward::check("batchnorm::functional::backward_training", v, x, dy, mean, invstd);
+  detail_backward::Scratch<A> scratch(v.channels, workspace);
   const A m = static_cast<A>(v.count());
-  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
-    A sum_dy[batchnorm::detail::kLanes], sum_dy_d[batchnorm::detail::kLanes];
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+    A* sum_dy = scratch.sum_dy + c0;
+    A* sum_dy_d = scratch.sum_dy_d + c0;
     batchnorm::detail::group_grad_sums(
-        x, dy, v, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
+        x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
     for (Index k = 0; k < nc; ++k) {
       if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
       if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
     }
     if (!dx || m == 0) return;
-    batchnorm::detail::group_runs<T>(
-        v, c0, nc,
+    batchnorm::detail::group_apply<T, true>(
+        x, dy, dx, v, plan, c0, nc,
         [&](Index c) {
           const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
           auto cf = detail_backward::centre_coef<T>(mean[c]);
@@ -65,53 +83,48 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
           cf.r = static_cast<T>(-kc * (sum_dy[c - c0] / m));
           return cf;
         },
-        [x, dy, dx](Index off, Index n, const auto& cf) {
-          const T* xs = x + off;
-          const T* dys = dy + off;
-          T* dxs = dx + off;
-          for (Index i = 0; i < n; ++i) {
-            const T d = (xs[i] - cf.head(i)) - cf.tail(i);
-            dxs[i] = dys[i] * cf.p(i) + d * cf.q(i) + cf.r(i);
-          }
-        });
+        // dx = dy * p + d * q + r,  d = (x - head) - tail
+        [](auto xv, auto dyv, auto h, auto t, auto p, auto q, auto r) { return dyv * p + ((xv - h) - t) * q + r; });
   });
+  batchnorm::detail::simd::stream_fence();
 }
 
 /// Inference-mode backward: the statistics (running ones, from inference_stats) are constants.
 ///   dx        = dy * weight_c * invstd_c
 ///   dweight_c = sum dy * xhat,  xhat = (x - mean_c) * invstd_c
 ///   dbias_c   = sum dy
-/// dx needs dy only; x is read only when dweight or dbias is wanted. Pointers as in
-/// backward_training. NaN/Inf propagate.
+/// dx needs dy only; x is read only when dweight or dbias is wanted. Pointers and workspace as
+/// in backward_training. NaN/Inf propagate.
 template <class T>
 void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd,
-                        const T* weight, T* dx, T* dweight, T* dbias) {
+                        const T* weight, T* dx, T* dweight, T* dbias, accum_t<T>* workspace = nullptr) {
   using A = accum_t<T>;
   detail_backward::check("batchnorm::functional::backward_inference", v, x, dy, mean, invstd);
-  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+  detail_backward::Scratch<A> scratch(v.channels, workspace);
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
     if (dweight || dbias) {
-      A sum_dy[batchnorm::detail::kLanes], sum_dy_d[batchnorm::detail::kLanes];
+      A* sum_dy = scratch.sum_dy + c0;
+      A* sum_dy_d = scratch.sum_dy_d + c0;
       batchnorm::detail::group_grad_sums(
-          x, dy, v, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
+          x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
       for (Index k = 0; k < nc; ++k) {
         if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
         if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
       }
     }
     if (!dx) return;
-    batchnorm::detail::group_runs<T>(
-        v, c0, nc,
+    batchnorm::detail::group_apply<T, false>(
+        dy, nullptr, dx, v, plan, c0, nc,
         [&](Index c) {
           batchnorm::detail::Coef<T> cf;
           cf.p = static_cast<T>(invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1)));
           return cf;
         },
-        [dy, dx](Index off, Index n, const auto& cf) {
-          const T* dys = dy + off;
-          T* dxs = dx + off;
-          for (Index i = 0; i < n; ++i) dxs[i] = dys[i] * cf.p(i);
-        });
+        // dx = dy * p
+        [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; });
   });
+  batchnorm::detail::simd::stream_fence();
 }
 
 }  // namespace batchnorm::functional

@@ -31,14 +31,14 @@ batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, co
   return cf;
 }
 
-/// y = ((x - head) - tail) * p + r over channels [c0, c0 + nc), all in T.
+/// y = ((x - head) - tail) * p + r over the channels of a group, all in T.
 template <class T, class CoefOf>
-void normalize_group(const T* x, const View& v, Index c0, Index nc, CoefOf coef_of, T* y) noexcept {
-  batchnorm::detail::group_runs<T>(v, c0, nc, coef_of, [x, y](Index off, Index n, const auto& cf) {
-    const T* xs = x + off;
-    T* ys = y + off;
-    for (Index i = 0; i < n; ++i) ys[i] = ((xs[i] - cf.head(i)) - cf.tail(i)) * cf.p(i) + cf.r(i);
-  });
+void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& plan, Index c0, Index nc,
+                     CoefOf coef_of, T* y) noexcept {
+  batchnorm::detail::group_apply<T, false>(x, nullptr, y, v, plan, c0, nc, coef_of,
+                                           [](auto xv, auto, auto h, auto t, auto p, auto, auto r) {
+                                             return ((xv - h) - t) * p + r;
+                                           });
 }
 
 inline void check_common(const char* op, const View& v, const void* x, const void* y, double eps) {
@@ -84,11 +84,13 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
   detail_stats::check_pointer(op, "y", y, v.size() > 0);
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
-  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
     detail_forward::normalize_group(
-        x, v, c0, nc, [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); },
-        y);
+        x, v, plan, c0, nc,
+        [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); }, y);
   });
+  batchnorm::detail::simd::stream_fence();
 }
 
 /// Training forward (PyTorch's batch_norm with training=True), per channel c over its m values:
@@ -121,8 +123,9 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
     batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel when training, got 1 (outer " +
                                              std::to_string(v.outer) + ", inner " + std::to_string(v.inner) + ")");
   // save_invstd holds M2, then var, then invstd: no scratch memory.
-  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
-    batchnorm::detail::group_moments(x, v, c0, nc, save_mean + c0, save_invstd + c0);
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+    batchnorm::detail::group_moments(x, v, plan, c0, nc, save_mean + c0, save_invstd + c0);
     for (Index c = c0; c < c0 + nc; ++c) {
       const A var = m > 0 ? save_invstd[c] / static_cast<A>(m) : A(0);
       if (running_mean && m > 0)
@@ -130,9 +133,10 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
       save_invstd[c] = invstd_of(var, eps);
     }
     detail_forward::normalize_group(
-        x, v, c0, nc,
+        x, v, plan, c0, nc,
         [&](Index c) { return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c); }, y);
   });
+  batchnorm::detail::simd::stream_fence();
 }
 
 /// Inference forward with running statistics (PyTorch's batch_norm with training=False):
@@ -147,15 +151,17 @@ void forward_inference(const T* x, View v, const T* running_mean, const T* runni
   detail_forward::check_common(op, v, x, y, eps);
   detail_stats::check_pointer(op, "running_mean", running_mean, v.channels > 0);
   detail_stats::check_pointer(op, "running_var", running_var, v.channels > 0);
-  batchnorm::detail::for_each_group(v, [&](Index c0, Index nc) {
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
     detail_forward::normalize_group(
-        x, v, c0, nc,
+        x, v, plan, c0, nc,
         [&](Index c) {
           return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]),
                                                    invstd_of(static_cast<A>(running_var[c]), eps), weight, bias, c);
         },
         y);
   });
+  batchnorm::detail::simd::stream_fence();
 }
 
 }  // namespace batchnorm::functional
