@@ -5,6 +5,8 @@
 #include <batchnorm/batchnorm.hpp>
 
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <limits>
 #include <vector>
 
@@ -337,4 +339,66 @@ TEST_CASE("an empty batch: empty output, running statistics kept, counter advanc
   const auto dx = bn.backward(x, x);
   CHECK(dx.size() == 0);
   CHECK(bn.weight_grad()(0) == 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// No allocation in forward(x, y) and backward(x, dy, dx): a counting global operator new.
+
+namespace {
+std::size_t g_allocations = 0;
+bool g_counting = false;
+}  // namespace
+
+// GCC's -Wmismatched-new-delete cannot see that this new and this delete are a pair.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t size) {
+  if (g_counting) ++g_allocations;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace {
+template <class F>
+std::size_t allocations_in(F f) {
+  g_allocations = 0;
+  g_counting = true;
+  f();
+  g_counting = false;
+  return g_allocations;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("forward(x, y) and backward(x, dy, dx) allocate nothing", "[module][alloc]", float, double) {
+  using T = TestType;
+  // Shapes of both traversal paths, large enough to use threads when built with OpenMP.
+  const auto x2 = random_tensor<T, 4>({4, 16, 40, 40}, 1.0, 2.0, 101);   // long rows
+  const auto x3 = random_tensor<T, 4>({64, 40, 6, 6}, 1.0, 2.0, 102);    // short rows
+  const auto xl = random_tensor<T, 4>({16, 20, 20, 48}, 1.0, 2.0, 103);  // channels last
+  auto run = [](auto& bn, const auto& x) {
+    auto y = x;
+    auto dx = x;
+    // The module works on TensorMaps too; these wrap memory owned above.
+    Eigen::TensorMap<Eigen::Tensor<T, 4, Eigen::RowMajor>> ym(y.data(), y.dimensions()), dxm(dx.data(), dx.dimensions());
+    CHECK(allocations_in([&] { bn.forward(x, ym); }) == 0);
+    CHECK(allocations_in([&] { bn.backward(x, x, dxm); }) == 0);
+    CHECK(allocations_in([&] { bn.forward(x, y); }) == 0);
+    CHECK(allocations_in([&] { bn.backward(x, x, dx); }) == 0);
+    bn.eval();
+    CHECK(allocations_in([&] { bn.forward(x, y); }) == 0);
+    CHECK(allocations_in([&] { bn.backward(x, x, dx); }) == 0);
+  };
+  BatchNorm2d<T> a(BatchNormOptions(16)), b(BatchNormOptions(40)), c(BatchNormOptions(48).channels_last(true));
+  run(a, x2);
+  run(b, x3);
+  run(c, xl);
+  // The counter does count: building a module allocates its O(C) state.
+  CHECK(allocations_in([] { BatchNorm2d<T> d(BatchNormOptions(16)); }) >= 1);
 }

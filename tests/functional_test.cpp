@@ -393,3 +393,46 @@ TEST_CASE("NaN and Inf propagate to their channel only", "[functional]") {
       CHECK(std::isfinite(y[at(v, o, 1, i)]));
     }
 }
+
+#ifdef _OPENMP
+#include <omp.h>
+
+TEMPLATE_TEST_CASE("results are bitwise identical for 1 and 2 threads", "[functional][threads]", float, double) {
+  using T = TestType;
+  // Both traversal paths and a channels-last-like view, large enough to run threaded.
+  for (const View v : {View{8, 6, 4000}, View{300, 37, 20}, View{5000, 70, 1}, View{2, 600, 300}}) {
+    INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << ")");
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto C = static_cast<std::size_t>(v.channels);
+    const auto x = normal_values<T>(n, 5.0, 2.0, 201);
+    const auto dy = normal_values<T>(n, 0.0, 1.0, 202);
+    const auto w = normal_values<T>(C, 1.0, 0.2, 203);
+    const auto b = normal_values<T>(C, 0.0, 0.2, 204);
+    struct Out {
+      std::vector<T> y, dx, dw, db, rm, rv;
+      std::vector<Acc<T>> mean, invstd;
+    };
+    const auto run = [&](int threads) {
+      omp_set_num_threads(threads);
+      Out o{std::vector<T>(n), std::vector<T>(n), std::vector<T>(C), std::vector<T>(C),
+            std::vector<T>(C, T(0.5)), std::vector<T>(C, T(2)), std::vector<Acc<T>>(C), std::vector<Acc<T>>(C)};
+      F::forward_training(x.data(), v, w.data(), b.data(), o.rm.data(), o.rv.data(), 0.1, 1e-5, o.y.data(), o.mean.data(),
+                          o.invstd.data());
+      F::backward_training(x.data(), dy.data(), v, o.mean.data(), o.invstd.data(), w.data(), o.dx.data(), o.dw.data(),
+                           o.db.data());
+      return o;
+    };
+    const int before = omp_get_max_threads();
+    const Out one = run(1), two = run(2);
+    omp_set_num_threads(before);
+    CHECK(one.y == two.y);
+    CHECK(one.dx == two.dx);
+    CHECK(one.dw == two.dw);
+    CHECK(one.db == two.db);
+    CHECK(one.rm == two.rm);
+    CHECK(one.rv == two.rv);
+    CHECK(one.mean == two.mean);
+    CHECK(one.invstd == two.invstd);
+  }
+}
+#endif
