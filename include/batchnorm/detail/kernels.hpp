@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #ifdef _OPENMP
@@ -78,47 +79,65 @@ struct Moments {
 // Vector sums with flushes to double.
 
 /// Sums f over spans: add(p, n, f) adds f(x) for the n values x = p[0..n) (f gets a vector or a
-/// scalar and returns the same kind). Four vector accumulators hide the add latency; each lane
-/// adds at most kFlush values in T before they move to the wide (double) sums.
+/// scalar and returns the same kind); spans may be short (rows of a chunk): the T accumulators
+/// carry over from one to the next. Four vector accumulators hide the add latency; a pair of
+/// them holds at most kFlush values a lane before they move to the wide (double) sums.
 /// Scalar twin: for (i) s += f(p[i]).
 template <class T>
 struct SpanSum {
   using S = simd::Simd<T>;
   using A = accum_t<T>;
+  typename S::vec a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+  int steps = 0;  // additions to each accumulator since the last flush
   typename S::wide w0{}, w1{};
   A tail = 0;
+
+  void flush() noexcept {
+    S::accumulate(w0, a0 + a1);
+    S::accumulate(w1, a2 + a3);
+    a0 = a1 = a2 = a3 = S::zero();
+    steps = 0;
+  }
+  void step() noexcept {
+    if (++steps == kFlush / 2) flush();
+  }
 
   template <class F>
   void add(const T* p, Index n, F f) noexcept {
     constexpr Index W = S::lanes;
     Index i = 0;
-    while (i + 4 * W <= n) {
-      typename S::vec a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
-      const Index stop = std::min(n, i + kFlush / 2 * 4 * W);  // a0 + a1: kFlush terms a lane
-      for (; i + 4 * W <= stop; i += 4 * W) {
-        a0 += f(S::load(p + i));
-        a1 += f(S::load(p + i + W));
-        a2 += f(S::load(p + i + 2 * W));
-        a3 += f(S::load(p + i + 3 * W));
-      }
-      S::accumulate(w0, a0 + a1);
-      S::accumulate(w1, a2 + a3);
+    for (; i + 4 * W <= n; i += 4 * W) {
+      a0 += f(S::load(p + i));
+      a1 += f(S::load(p + i + W));
+      a2 += f(S::load(p + i + 2 * W));
+      a3 += f(S::load(p + i + 3 * W));
+      step();
     }
-    for (; i + W <= n; i += W) S::accumulate(w0, f(S::load(p + i)));
+    if (i + W <= n) {  // at most three vectors left: one to each of a0, a1, a2
+      a0 += f(S::load(p + i)), i += W;
+      if (i + W <= n) a1 += f(S::load(p + i)), i += W;
+      if (i + W <= n) a2 += f(S::load(p + i)), i += W;
+      step();
+    }
     for (; i < n; ++i) tail += static_cast<A>(f(p[i]));
   }
-  A result() const noexcept {
-    typename S::wide w = w0 + w1;
+  A result() noexcept {
+    flush();
+    typename S::wide w = w0;
+    S::add(w, w1);
     return simd::hsum<T>(w) + tail;
   }
 };
 
 /// Two sums over two inputs at once: f(x, u) returns the pair of terms {first, second}
-/// (vectors or scalars). Scalar twin: for (i) {s0, s1} += f(x[i], u[i]).
+/// (vectors or scalars). Accumulators carry over between spans as in SpanSum.
+/// Scalar twin: for (i) {s0, s1} += f(x[i], u[i]).
 template <class T>
 struct DualSpanSum {
   using S = simd::Simd<T>;
   using A = accum_t<T>;
+  typename S::vec a0 = S::zero(), a1 = S::zero(), b0 = S::zero(), b1 = S::zero();
+  int steps = 0;
   typename S::wide w0{}, w1{};
   A tail0 = 0, tail1 = 0;
 
@@ -127,21 +146,32 @@ struct DualSpanSum {
     V first, second;
   };
 
+  void flush() noexcept {
+    S::accumulate(w0, a0 + a1);
+    S::accumulate(w1, b0 + b1);
+    a0 = a1 = b0 = b1 = S::zero();
+    steps = 0;
+  }
+  void step() noexcept {
+    if (++steps == kFlush / 2) flush();
+  }
+
   template <class F>
   void add(const T* x, const T* u, Index n, F f) noexcept {
     constexpr Index W = S::lanes;
     Index i = 0;
-    while (i + 2 * W <= n) {
-      typename S::vec a0 = S::zero(), a1 = S::zero(), b0 = S::zero(), b1 = S::zero();
-      const Index stop = std::min(n, i + kFlush / 2 * 2 * W);  // a0 + a1: kFlush terms a lane
-      for (; i + 2 * W <= stop; i += 2 * W) {
-        const auto t0 = f(S::load(x + i), S::load(u + i));
-        const auto t1 = f(S::load(x + i + W), S::load(u + i + W));
-        a0 += t0.first, b0 += t0.second;
-        a1 += t1.first, b1 += t1.second;
-      }
-      S::accumulate(w0, a0 + a1);
-      S::accumulate(w1, b0 + b1);
+    for (; i + 2 * W <= n; i += 2 * W) {
+      const auto t0 = f(S::load(x + i), S::load(u + i));
+      const auto t1 = f(S::load(x + i + W), S::load(u + i + W));
+      a0 += t0.first, b0 += t0.second;
+      a1 += t1.first, b1 += t1.second;
+      step();
+    }
+    if (i + W <= n) {
+      const auto t0 = f(S::load(x + i), S::load(u + i));
+      a0 += t0.first, b0 += t0.second;
+      i += W;
+      step();
     }
     for (; i < n; ++i) {
       const auto t = f(x[i], u[i]);
@@ -149,8 +179,14 @@ struct DualSpanSum {
       tail1 += static_cast<A>(t.second);
     }
   }
-  A first() const noexcept { return simd::hsum<T>(w0) + tail0; }
-  A second() const noexcept { return simd::hsum<T>(w1) + tail1; }
+  A first() noexcept {
+    flush();
+    return simd::hsum<T>(w0) + tail0;
+  }
+  A second() noexcept {
+    flush();
+    return simd::hsum<T>(w1) + tail1;
+  }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -221,6 +257,28 @@ void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) no
 // ---------------------------------------------------------------------------------------------
 // Statistics.
 
+/// Two-pass moments of the rows x[o * stride + i], o < rows, i < len (one chunk, in L1), shifted
+/// by its first value s:
+///   mean = s + sum (x - s) / (rows * len),   M2 = sum (x - mean)^2,
+/// with x - mean evaluated as (x - head) - tail, mean = head + tail in T. rel = mean - origin.
+/// A constant chunk gives mean == s exactly and M2 == 0.
+template <class T, class A>
+inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A origin, A& rel, A& m2) noexcept {
+  const T s = x[0];
+  SpanSum<T> sum;
+  for (Index o = 0; o < rows; ++o) sum.add(x + o * stride, len, [s](auto xv) { return xv - s; });
+  rel = (static_cast<A>(s) - origin) + sum.result() / static_cast<A>(rows * len);
+  const A mean = origin + rel;
+  const T head = static_cast<T>(mean), tail = static_cast<T>(mean - static_cast<A>(head));
+  SpanSum<T> sq;
+  for (Index o = 0; o < rows; ++o)
+    sq.add(x + o * stride, len, [head, tail](auto xv) {
+      const auto e = (xv - head) - tail;
+      return e * e;
+    });
+  m2 = sq.result();
+}
+
 /// Merges the values of channel c (row path) into acc, chunk by chunk. A chunk is kChunk values
 /// or less: several whole rows, or a piece of a long row. Each chunk is two-passed in L1,
 /// shifted by its first value s:
@@ -236,20 +294,9 @@ void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexce
   const A origin = I > 0 && O > 0 ? static_cast<A>(base[0]) : A(0);  // acc holds means relative to it
   // A chunk: rows [o0, o1) from value i0 to i1 of each.
   const auto chunk = [&](Index o0, Index o1, Index i0, Index i1) {
-    const Index len = (o1 - o0) * (i1 - i0);
-    const T s = base[o0 * stride + i0];
-    SpanSum<T> sum;
-    for (Index o = o0; o < o1; ++o) sum.add(base + o * stride + i0, i1 - i0, [s](auto xv) { return xv - s; });
-    const A rel = (static_cast<A>(s) - origin) + sum.result() / static_cast<A>(len);
-    const A mean = origin + rel;
-    const T head = static_cast<T>(mean), tail = static_cast<T>(mean - static_cast<A>(head));
-    SpanSum<T> m2;
-    for (Index o = o0; o < o1; ++o)
-      m2.add(base + o * stride + i0, i1 - i0, [head, tail](auto xv) {
-        const auto e = (xv - head) - tail;
-        return e * e;
-      });
-    acc.merge(static_cast<A>(len), rel, m2.result());
+    A rel, m2;
+    chunk_moments(base + o0 * stride + i0, stride, o1 - o0, i1 - i0, origin, rel, m2);
+    acc.merge(static_cast<A>((o1 - o0) * (i1 - i0)), rel, m2);
   };
   if (I == 0) return;
   if (I >= kChunk) {
@@ -262,32 +309,54 @@ void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexce
   acc.mean += origin;
 }
 
+/// out[l] += acc[l] in A for l < n: the flush of per-lane partial sums.
+template <class T>
+inline void flush_lanes(const T* acc, accum_t<T>* out, Index n) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  Index l = 0;
+  for (; l + W <= n; l += W) S::add_to(out + l, S::load(acc + l));
+  for (; l < n; ++l) out[l] += static_cast<accum_t<T>>(acc[l]);
+}
+
+/// acc[l] = f(row r0) [+ f(row r0 + 1)], then acc[l] += f(row r) + f(row r + 1) for the other
+/// rows of [r0, r1), per lane (rows two at a time: half the loads and stores of acc).
+/// f(x, a, b) gets the lane constants a[l], b[l].
+template <class T, class F>
+inline void lane_partial_sums(const T* x, Index stride, Index r0, Index r1, Index nl, const T* a, const T* b, T* acc,
+                              F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  for (Index r = r0; r < r1; r += 2) {
+    const T* x0 = x + r * stride;
+    const T* x1 = x0 + stride;
+    const bool pair = r + 1 < r1, first = r == r0;
+    Index l = 0;
+    for (; l + W <= nl; l += W) {
+      const auto av = S::load(a + l), bv = S::load(b + l);
+      auto t = f(S::load(x0 + l), av, bv);
+      if (pair) t += f(S::load(x1 + l), av, bv);
+      S::store(acc + l, first ? t : S::load(acc + l) + t);
+    }
+    for (; l < nl; ++l) {
+      T t = f(x0[l], a[l], b[l]);
+      if (pair) t += f(x1[l], a[l], b[l]);
+      acc[l] = first ? t : acc[l] + t;
+    }
+  }
+}
+
 /// Per-lane sums over `rows` rows (stride apart) of nl lanes:
 ///   out[l] = sum_r f(x[r][l], a[l], b[l])
 /// Rows are read one after the other (never down a column: row strides of 4 KiB would alias in
 /// the L1 sets); kFlush rows are summed in T per lane, then added to out in A.
 template <class T, class F>
 void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out, F f) noexcept {
-  using S = simd::Simd<T>;
-  using A = accum_t<T>;
-  constexpr Index W = S::lanes;
   alignas(64) T acc[kLanes];
   for (Index l = 0; l < nl; ++l) out[l] = 0;
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    const Index r1 = std::min(rows, r0 + kFlush);
-    for (Index r = r0; r < r1; ++r) {
-      const T* xr = x + r * stride;
-      Index l = 0;
-      for (; l + W <= nl; l += W) {
-        const auto t = f(S::load(xr + l), S::load(a + l), S::load(b + l));
-        S::store(acc + l, r == r0 ? t : S::load(acc + l) + t);
-      }
-      for (; l < nl; ++l) {
-        const T t = f(xr[l], a[l], b[l]);
-        acc[l] = r == r0 ? t : acc[l] + t;
-      }
-    }
-    for (Index l = 0; l < nl; ++l) out[l] += static_cast<A>(acc[l]);
+    lane_partial_sums(x, stride, r0, std::min(rows, r0 + kFlush), nl, a, b, acc, f);
+    flush_lanes(acc, out, nl);
   }
 }
 
@@ -324,15 +393,38 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
   for_each_block_tile(v, c0, nc, kBlockRows, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
     const T* blk = x + (o0 * v.channels + t0) * I;
+    if (I >= simd::Simd<T>::lanes) {
+      // Rows of a vector or more: each channel's block is one chunk, vectorised along its rows.
+      const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
+      for (Index k = 0; k < nt; ++k) {
+        A rel, bm;
+        chunk_moments(blk + k * I, stride, rows, I, static_cast<A>(x[(t0 + k) * I]), rel, bm);
+        A& cm = mean[t0 - c0 + k];
+        A& c2 = m2[t0 - c0 + k];
+        const A delta = rel - cm;
+        cm = n == 0 ? rel : cm + delta * f1;
+        c2 = n == 0 ? bm : c2 + bm + delta * delta * f2;
+      }
+      if (t0 + nt == c0 + nc) n = n_ab;
+      return;
+    }
     for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
     lane_sums(blk, stride, rows, nl, shift, shift, bsum, [](auto xv, auto s, auto) { return xv - s; });
-    for (Index l = 0; l < nl; ++l) {
-      const A origin = static_cast<A>(x[t0 * I + l - l % I]);  // first value of the lane's channel
-      const A rel = (static_cast<A>(shift[l]) - origin) + bsum[l] / static_cast<A>(rows);
+    // Block means per lane, relative to the first value of the lane's channel (x[(t0 + k) * I]).
+    const A a_rows = static_cast<A>(rows);
+    const auto block_mean = [&](Index l, A origin) {
+      const A rel = (static_cast<A>(shift[l]) - origin) + bsum[l] / a_rows;
       const A bmean = origin + rel;
       bsum[l] = rel;
       head[l] = static_cast<T>(bmean);
       tail[l] = static_cast<T>(bmean - static_cast<A>(head[l]));
+    };
+    if (I == 1) {  // a flat loop the compiler vectorizes
+      const T* x0 = x + t0;
+      for (Index l = 0; l < nl; ++l) block_mean(l, static_cast<A>(x0[l]));
+    } else {
+      for (Index k = 0; k < nt; ++k)
+        for (Index i = 0; i < I; ++i) block_mean(k * I + i, static_cast<A>(x[(t0 + k) * I]));
     }
     lane_sums(blk, stride, rows, nl, head, tail, bm2, [](auto xv, auto h, auto t) {
       const auto e = (xv - h) - t;
@@ -382,10 +474,16 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 /// Sums over the channels of a group of dy and of dy * d, d = (x - head_c) - tail_c, into
 /// sum_dy[0..nc), sum_dy_d[0..nc):
 ///   sum_dy = sum dy,   sum_dy_d = sum dy * d
-/// coef_of(c) gives head_c and tail_c (a Coef<T>).
-template <class T, class A, class CoefOf>
+/// coef_of(c) gives head_c and tail_c (a Coef<T>). after(o0, rows, t0, nt) is called once the
+/// values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they are in
+/// cache (inference backward writes dx there: one pass over x and dy).
+struct NoAfter {
+  void operator()(Index, Index, Index, Index) const noexcept {}
+};
+
+template <class T, class A, class CoefOf, class After = NoAfter>
 void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
-                     A* sum_dy, A* sum_dy_d) noexcept {
+                     A* sum_dy, A* sum_dy_d, After after = {}) noexcept {
   const Index C = v.channels, I = v.inner, O = v.outer;
   if (p.row) {
     for (Index k = 0; k < nc; ++k) {
@@ -397,6 +495,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
         acc.add(x + off, dy + off, I, [h, t](auto xv, auto dyv) {
           return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * ((xv - h) - t)};
         });
+        after(o, 1, c0 + k, 1);
       }
       sum_dy[k] = acc.first();
       sum_dy_d[k] = acc.second();
@@ -424,31 +523,40 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     A* s1 = sum_dy_d + (t0 - c0);
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
-      for (Index r = r0; r < r1; ++r) {
+      for (Index r = r0; r < r1; r += 2) {
         const T* xr = x + (r * C + t0) * I;
         const T* dr = dy + (r * C + t0) * I;
+        const bool pair = r + 1 < r1, first = r == r0;
         Index l = 0;
         for (; l + W <= nl; l += W) {
-          const auto dyv = S::load(dr + l);
-          const auto dv = dyv * ((S::load(xr + l) - S::load(head + l)) - S::load(tail + l));
-          S::store(acc0 + l, r == r0 ? dyv : S::load(acc0 + l) + dyv);
-          S::store(acc1 + l, r == r0 ? dv : S::load(acc1 + l) + dv);
+          const auto h = S::load(head + l), t = S::load(tail + l);
+          auto dyv = S::load(dr + l);
+          auto dv = dyv * ((S::load(xr + l) - h) - t);
+          if (pair) {
+            const auto dy1 = S::load(dr + stride + l);
+            dyv += dy1;
+            dv += dy1 * ((S::load(xr + stride + l) - h) - t);
+          }
+          S::store(acc0 + l, first ? dyv : S::load(acc0 + l) + dyv);
+          S::store(acc1 + l, first ? dv : S::load(acc1 + l) + dv);
         }
         for (; l < nl; ++l) {
-          const T dyv = dr[l], dv = dyv * ((xr[l] - head[l]) - tail[l]);
-          acc0[l] = r == r0 ? dyv : acc0[l] + dyv;
-          acc1[l] = r == r0 ? dv : acc1[l] + dv;
+          T dyv = dr[l], dv = dyv * ((xr[l] - head[l]) - tail[l]);
+          if (pair) dyv += dr[stride + l], dv += dr[stride + l] * ((xr[stride + l] - head[l]) - tail[l]);
+          acc0[l] = first ? dyv : acc0[l] + dyv;
+          acc1[l] = first ? dv : acc1[l] + dv;
         }
       }
       if (I == 1) {
-        for (Index k = 0; k < nt; ++k) s0[k] += static_cast<A>(acc0[k]), s1[k] += static_cast<A>(acc1[k]);
+        flush_lanes(acc0, s0, nt);
+        flush_lanes(acc1, s1, nt);
       } else {
         for (Index k = 0; k < nt; ++k)
           for (Index i = 0; i < I; ++i) s0[k] += static_cast<A>(acc0[k * I + i]), s1[k] += static_cast<A>(acc1[k * I + i]);
       }
     }
+    after(o0, rows, t0, nt);
   });
-  (void)stride;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,42 +605,46 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
   for (; i < n; ++i) scalar(i);
 }
 
-/// out = f(x, u, coefficients of the value's channel) over the channels of a group.
-/// coef_of(c) gives the Coef<T> of channel c.
+/// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
+/// [t0, t0 + nt), nt == 1 or a lane tile; coef_of(c) gives the Coef<T> of channel c.
 template <class T, bool HasU, class CoefOf, class F>
-void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
-                 F f) noexcept {
-  const Index C = v.channels, I = v.inner, O = v.outer;
-  if (p.row) {
-    for (Index c = c0; c < c0 + nc; ++c) {
-      const Coef<T> cf = coef_of(c);
-      for (Index o = 0; o < O; ++o) {
-        const Index off = (o * C + c) * I;
-        apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, p.stream, cf, f);
-      }
+void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, Index o0, Index rows, Index t0, Index nt,
+                  CoefOf coef_of, F f) noexcept {
+  const Index C = v.channels, I = v.inner;
+  if (nt == 1) {
+    const Coef<T> cf = coef_of(t0);
+    for (Index o = o0; o < o0 + rows; ++o) {
+      const Index off = (o * C + t0) * I;
+      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f);
     }
     return;
   }
-  // Lane path: row blocks in order, per tile the lane constants (rebuilt unless the group is
-  // one tile), then the block's rows.
   alignas(64) T k[5][kLanes];
+  for (Index j = 0; j < nt; ++j) {
+    const Coef<T> cf = coef_of(t0 + j);
+    for (Index i = 0; i < I; ++i) {
+      const Index l = j * I + i;
+      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+    }
+  }
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
-  Index coef_tile = -1;
-  for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
-    if (coef_tile != t0) {
-      for (Index j = 0; j < nt; ++j) {
-        const Coef<T> cf = coef_of(t0 + j);
-        for (Index i = 0; i < I; ++i) {
-          const Index l = j * I + i;
-          k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
-        }
-      }
-      coef_tile = t0;
-    }
-    for (Index o = o0; o < o0 + rows; ++o) {
-      const Index off = (o * C + t0) * I;
-      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nt * I, p.stream, lanes, f);
-    }
+  for (Index o = o0; o < o0 + rows; ++o) {
+    const Index off = (o * C + t0) * I;
+    apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nt * I, stream, lanes, f);
+  }
+}
+
+/// out = f(x, u, coefficients of the value's channel) over the channels of a group: channel by
+/// channel on the row path, row blocks of lane tiles in memory order on the lane path.
+template <class T, bool HasU, class CoefOf, class F>
+void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+                 F f) noexcept {
+  if (p.row) {
+    for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p.stream, 0, v.outer, c, 1, coef_of, f);
+    return;
+  }
+  for_each_block_tile(v, c0, nc, kBlockRows * 16, [&](Index o0, Index rows, Index t0, Index nt) {
+    region_apply<T, HasU>(x, u, out, v, p.stream, o0, rows, t0, nt, coef_of, f);
   });
 }
 

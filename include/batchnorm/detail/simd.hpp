@@ -27,13 +27,19 @@ inline constexpr int kBytes = 32;
 inline constexpr int kBytes = 16;
 #endif
 
-/// vec: lanes values of T; wide: the same lanes in accum_t<T> (double), for flushing partial sums.
+/// vec: `lanes` values of T in one register. wide: the same lanes in accum_t<T> (double), as
+/// `parts` registers of native width (two for float), where partial sums are flushed.
 template <class T>
 struct Simd {
   using A = functional::accum_t<T>;
   static constexpr int lanes = kBytes / static_cast<int>(sizeof(T));
+  static constexpr int parts = static_cast<int>(sizeof(A) / sizeof(T));
   typedef T vec __attribute__((vector_size(kBytes)));
-  typedef A wide __attribute__((vector_size(kBytes / sizeof(T) * sizeof(A))));
+  typedef T part __attribute__((vector_size(kBytes / (sizeof(A) / sizeof(T)))));
+  typedef A avec __attribute__((vector_size(kBytes)));
+  struct wide {
+    avec p[parts];
+  };
 
   static vec load(const T* p) noexcept {
     vec v;
@@ -41,10 +47,49 @@ struct Simd {
     return v;
   }
   static void store(T* p, vec v) noexcept { std::memcpy(p, &v, sizeof v); }
-  /// w += v, lane by lane, in A. (By reference: a wide vector may be wider than the ISA's
-  /// registers, and passing or returning it by value would draw GCC's -Wpsabi note.)
-  static void accumulate(wide& w, const vec& v) noexcept { w += __builtin_convertvector(v, wide); }
   static vec zero() noexcept { return vec{}; }
+  /// w += v, lane by lane, in A.
+  static void accumulate(wide& w, const vec& v) noexcept {
+    if constexpr (parts == 1) {
+      w.p[0] += __builtin_convertvector(v, avec);
+    } else {
+#if defined(__AVX512F__)
+      const __m512 f = reinterpret_cast<const __m512&>(v);
+      w.p[0] += reinterpret_cast<avec>(_mm512_cvtps_pd(_mm512_castps512_ps256(f)));
+      w.p[1] += reinterpret_cast<avec>(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))));
+#elif defined(__AVX__)
+      const __m256 f = reinterpret_cast<const __m256&>(v);
+      w.p[0] += reinterpret_cast<avec>(_mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+      w.p[1] += reinterpret_cast<avec>(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+#elif defined(__SSE2__)
+      const __m128 f = reinterpret_cast<const __m128&>(v);
+      w.p[0] += reinterpret_cast<avec>(_mm_cvtps_pd(f));
+      w.p[1] += reinterpret_cast<avec>(_mm_cvtps_pd(_mm_movehl_ps(f, f)));
+#else
+      for (int k = 0; k < parts; ++k) {
+        part h;
+        std::memcpy(&h, reinterpret_cast<const char*>(&v) + k * sizeof(part), sizeof h);
+        w.p[k] += __builtin_convertvector(h, avec);
+      }
+#endif
+    }
+  }
+  /// out[0..lanes) += v, lane by lane, in A (out: an array of A, any alignment).
+  static void add_to(A* out, const vec& v) noexcept {
+    wide w{};
+    accumulate(w, v);
+    for (int k = 0; k < parts; ++k) {
+      avec o;
+      std::memcpy(&o, out + k * (lanes / parts), sizeof o);
+      o += w.p[k];
+      std::memcpy(out + k * (lanes / parts), &o, sizeof o);
+    }
+  }
+  static void add(wide& w, const wide& u) noexcept {
+    for (int k = 0; k < parts; ++k) w.p[k] += u.p[k];
+  }
+  /// The lanes of w in order, into out[0..lanes).
+  static void lanes_of(const wide& w, A* out) noexcept { std::memcpy(out, &w, sizeof(A) * lanes); }
 };
 #else
 inline constexpr int kBytes = 0;
@@ -54,24 +99,29 @@ struct Simd {
   using A = functional::accum_t<T>;
   static constexpr int lanes = 1;
   using vec = T;
-  using wide = A;
+  struct wide {
+    A p = 0;
+  };
   static vec load(const T* p) noexcept { return *p; }
   static void store(T* p, vec v) noexcept { *p = v; }
-  static void accumulate(wide& w, const vec& v) noexcept { w += static_cast<wide>(v); }
   static vec zero() noexcept { return vec{}; }
+  static void accumulate(wide& w, const vec& v) noexcept { w.p += static_cast<A>(v); }
+  /// out[0..lanes) += v, lane by lane, in A (out: an array of A, any alignment).
+  static void add_to(A* out, const vec& v) noexcept {
+    wide w{};
+    accumulate(w, v);
+    for (int k = 0; k < parts; ++k) {
+      avec o;
+      std::memcpy(&o, out + k * (lanes / parts), sizeof o);
+      o += w.p[k];
+      std::memcpy(out + k * (lanes / parts), &o, sizeof o);
+    }
+  }
+  static void add(wide& w, const wide& u) noexcept { w.p += u.p; }
+  static void add_to(A* out, const vec& v) noexcept { *out += static_cast<A>(v); }
+  static void lanes_of(const wide& w, A* out) noexcept { *out = w.p; }
 };
 #endif
-
-/// Lane j of a vector (or the scalar itself).
-template <class V>
-inline auto lane(const V& v, int j) noexcept {
-  if constexpr (std::is_arithmetic_v<V>) {
-    (void)j;
-    return v;
-  } else {
-    return v[j];
-  }
-}
 
 /// Sum of the lanes of a wide vector, pairwise in a fixed order.
 template <class T>
@@ -79,7 +129,7 @@ inline functional::accum_t<T> hsum(const typename Simd<T>::wide& w) noexcept {
   using A = functional::accum_t<T>;
   constexpr int n = Simd<T>::lanes;
   A a[n];
-  for (int j = 0; j < n; ++j) a[j] = lane(w, j);
+  Simd<T>::lanes_of(w, a);
   for (int width = n / 2; width > 0; width /= 2)
     for (int j = 0; j < width; ++j) a[j] += a[j + width];
   return a[0];

@@ -93,8 +93,8 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
 ///   dx        = dy * weight_c * invstd_c
 ///   dweight_c = sum dy * xhat,  xhat = (x - mean_c) * invstd_c
 ///   dbias_c   = sum dy
-/// dx needs dy only; x is read only when dweight or dbias is wanted. Pointers and workspace as
-/// in backward_training. NaN/Inf propagate.
+/// dx needs dy only; x is read only when dweight or dbias is wanted, in the same pass that
+/// writes dx. Pointers and workspace as in backward_training. dx may equal dy. NaN/Inf propagate.
 template <class T>
 void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd,
                         const T* weight, T* dx, T* dweight, T* dbias, accum_t<T>* workspace = nullptr) {
@@ -102,27 +102,32 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
   detail_backward::check("batchnorm::functional::backward_inference", v, x, dy, mean, invstd);
   detail_backward::Scratch<A> scratch(v.channels, workspace);
   const auto plan = batchnorm::detail::make_plan<T>(v);
+  // dx = dy * p with p = weight_c * invstd_c.
+  const auto scale_coef = [&](Index c) {
+    batchnorm::detail::Coef<T> cf;
+    cf.p = static_cast<T>(invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1)));
+    return cf;
+  };
+  const auto scale = [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; };
   batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
     if (dweight || dbias) {
+      // One pass: the sums, and dx for each region right after it is summed (still in cache).
       A* sum_dy = scratch.sum_dy + c0;
       A* sum_dy_d = scratch.sum_dy_d + c0;
       batchnorm::detail::group_grad_sums(
-          x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
+          x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d,
+          [&](Index o0, Index rows, Index t0, Index nt) {
+            if (dx)
+              batchnorm::detail::region_apply<T, false>(dy, nullptr, dx, v, plan.stream, o0, rows, t0, nt, scale_coef,
+                                                        scale);
+          });
       for (Index k = 0; k < nc; ++k) {
         if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
         if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
       }
+    } else if (dx) {
+      batchnorm::detail::group_apply<T, false>(dy, nullptr, dx, v, plan, c0, nc, scale_coef, scale);
     }
-    if (!dx) return;
-    batchnorm::detail::group_apply<T, false>(
-        dy, nullptr, dx, v, plan, c0, nc,
-        [&](Index c) {
-          batchnorm::detail::Coef<T> cf;
-          cf.p = static_cast<T>(invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1)));
-          return cf;
-        },
-        // dx = dy * p
-        [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; });
   });
   batchnorm::detail::simd::stream_fence();
 }
