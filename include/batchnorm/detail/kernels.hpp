@@ -44,6 +44,7 @@ inline constexpr Index kRowMin = 1024;        ///< rows at least this long take 
 inline constexpr Index kChunk = 2048;         ///< values per two-pass chunk of the row path (L1)
 inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane path
 inline constexpr Index kBlockRows = 16;       ///< rows per two-pass block of the lane path (L1)
+static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
 inline constexpr Index kCacheBudget = 1 << 19;  ///< bytes of a group the second pass should find in cache
 inline constexpr Index kStreamBytes = 1 << 22;  ///< outputs this large bypass the caches
