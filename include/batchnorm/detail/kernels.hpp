@@ -513,6 +513,24 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   Index coef_tile = -1;
   for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
+    if (I >= W) {
+      // Rows of a vector or more: per channel, vectorised along its rows (no lane arrays).
+      for (Index k = 0; k < nt; ++k) {
+        const auto cf = coef_of(t0 + k);
+        const T h = cf.head, t = cf.tail;
+        DualSpanSum<T> acc;
+        for (Index r = o0; r < o0 + rows; ++r) {
+          const Index off = (r * C + t0 + k) * I;
+          acc.add(x + off, dy + off, I, [h, t](auto xv, auto dyv) {
+            return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * ((xv - h) - t)};
+          });
+        }
+        sum_dy[t0 - c0 + k] += acc.first();
+        sum_dy_d[t0 - c0 + k] += acc.second();
+      }
+      after(o0, rows, t0, nt);
+      return;
+    }
     if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
       for (Index k = 0; k < nt; ++k) {
         const auto cf = coef_of(t0 + k);
