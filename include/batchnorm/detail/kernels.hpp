@@ -9,7 +9,7 @@
 //              small stack arrays, and lanes fold into channels at the end. A group is a tile of
 //              whole channels, at most kLanes lanes.
 // A kernel finishes a group (statistics, then the elementwise pass) before the next, so the
-// second pass finds the group in cache when it fits (tiles are sized for that); groups are
+// second pass finds the group in cache when it fits (row path: one channel); groups are
 // independent, and run on OpenMP threads when the library is built with OpenMP
 // (batchnorm::openmp). Every sum has an order fixed by the View alone: the results are bitwise
 // the same for any number of threads and any tiling.
@@ -46,7 +46,6 @@ inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane pa
 inline constexpr Index kBlockRows = 16;       ///< rows per two-pass block of the lane path (L1)
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
-inline constexpr Index kCacheBudget = 1 << 19;  ///< bytes of a group the second pass should find in cache
 inline constexpr Index kStreamBytes = 1 << 22;  ///< outputs this large bypass the caches
 inline constexpr Index kParallelMin = 1 << 16;  ///< fewer values than this run on one thread
 

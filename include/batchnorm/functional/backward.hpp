@@ -28,6 +28,17 @@ batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
   cf.tail = static_cast<T>(mean - static_cast<accum_t<T>>(cf.head));
   return cf;
 }
+/// dbias_c = sum dy, dweight_c = invstd_c * sum dy * d for channels [c0, c0 + nc) (sums indexed
+/// from c0); either output may be nullptr.
+template <class T, class A>
+void param_grads(Index c0, Index nc, const A* sum_dy, const A* sum_dy_d, const A* invstd, T* dweight,
+                 T* dbias) noexcept {
+  for (Index k = 0; k < nc; ++k) {
+    if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
+    if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
+  }
+}
+
 /// 2*C accumulators: the caller's workspace, or allocated here when it gave none.
 template <class A>
 struct Scratch {
@@ -68,10 +79,7 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
     A* sum_dy_d = scratch.sum_dy_d + c0;
     batchnorm::detail::group_grad_sums(
         x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
-    for (Index k = 0; k < nc; ++k) {
-      if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
-      if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
-    }
+    detail_backward::param_grads(c0, nc, sum_dy, sum_dy_d, invstd, dweight, dbias);
     if (!dx || m == 0) return;
     batchnorm::detail::group_apply<T, true>(
         x, dy, dx, v, plan, c0, nc,
@@ -121,10 +129,7 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
               batchnorm::detail::region_apply<T, false>(dy, nullptr, dx, v, plan.stream, o0, rows, t0, nt, scale_coef,
                                                         scale);
           });
-      for (Index k = 0; k < nc; ++k) {
-        if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
-        if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
-      }
+      detail_backward::param_grads(c0, nc, sum_dy, sum_dy_d, invstd, dweight, dbias);
     } else if (dx) {
       batchnorm::detail::group_apply<T, false>(dy, nullptr, dx, v, plan, c0, nc, scale_coef, scale);
     }

@@ -41,6 +41,15 @@ void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& p
                                            });
 }
 
+/// normalize_group over every group of the view, on threads when the plan says so.
+template <class T, class CoefOf>
+void normalize_all(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan,
+                                    [&](Index c0, Index nc) { normalize_group(x, v, plan, c0, nc, coef_of, y); });
+  batchnorm::detail::simd::stream_fence();
+}
+
 inline void check_common(const char* op, const View& v, const void* x, const void* y, double eps) {
   detail_stats::check_view(op, v);
   batchnorm::detail::check_eps(op, eps);
@@ -84,13 +93,8 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
   detail_stats::check_pointer(op, "y", y, v.size() > 0);
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
-  const auto plan = batchnorm::detail::make_plan<T>(v);
-  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-    detail_forward::normalize_group(
-        x, v, plan, c0, nc,
-        [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); }, y);
-  });
-  batchnorm::detail::simd::stream_fence();
+  detail_forward::normalize_all(
+      x, v, [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); }, y);
 }
 
 /// Training forward (PyTorch's batch_norm with training=True), per channel c over its m values:
@@ -151,17 +155,13 @@ void forward_inference(const T* x, View v, const T* running_mean, const T* runni
   detail_forward::check_common(op, v, x, y, eps);
   detail_stats::check_pointer(op, "running_mean", running_mean, v.channels > 0);
   detail_stats::check_pointer(op, "running_var", running_var, v.channels > 0);
-  const auto plan = batchnorm::detail::make_plan<T>(v);
-  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-    detail_forward::normalize_group(
-        x, v, plan, c0, nc,
-        [&](Index c) {
-          return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]),
-                                                   invstd_of(static_cast<A>(running_var[c]), eps), weight, bias, c);
-        },
-        y);
-  });
-  batchnorm::detail::simd::stream_fence();
+  detail_forward::normalize_all(
+      x, v,
+      [&](Index c) {
+        return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]),
+                                                 invstd_of(static_cast<A>(running_var[c]), eps), weight, bias, c);
+      },
+      y);
 }
 
 }  // namespace batchnorm::functional
