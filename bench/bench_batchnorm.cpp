@@ -63,6 +63,24 @@ void run_eigen_naive(benchmark::State& state, const Shape& shape, int threads) {
   });
 }
 
+/// The floor of a training kernel in a layout where each channel spans the whole tensor
+/// (channels-last, ColMajor): its statistics need every value before the first output, so a
+/// tensor larger than the last-level cache is read twice from memory. Timed: a read-only pass
+/// (x; x and dy for backward), then the write pass (y = s * x; the triad for backward), both at
+/// full bandwidth with no arithmetic to speak of. No kernel in such a layout can beat it.
+template <class T>
+void run_floor(benchmark::State& state, const Shape& shape, Op op, int threads) {
+  const auto n = static_cast<std::size_t>(shape.size());
+  bench::Buffer<T> x(n, 1), dy(n, 2), out(n, 3);
+  bench::set_threads(threads);
+  bench::measure<T>(state, op, n, threads, [&] {
+    const T s = bench::read_sum(x.data(), op == Op::backward_train ? dy.data() : nullptr, n, threads);
+    benchmark::DoNotOptimize(s);
+    if (op == Op::backward_train) bench::triad_baseline(x.data(), dy.data(), out.data(), n, threads);
+    else bench::scale_baseline(x.data(), out.data(), n, threads);
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -86,6 +104,18 @@ int main(int argc, char** argv) {
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }
+  for (const int threads : {1, 2})
+    for (const Shape& s : bench::shapes())
+      for (const Op o : {Op::forward_train, Op::backward_train}) {
+        benchmark::RegisterBenchmark(bench::bench_name("floor", "f32", o, s, Layout::spanning, threads).c_str(),
+                                     [s, o, threads](benchmark::State& st) { run_floor<float>(st, s, o, threads); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(bench::bench_name("floor", "f64", o, s, Layout::spanning, threads).c_str(),
+                                     [s, o, threads](benchmark::State& st) { run_floor<double>(st, s, o, threads); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
   // Eigen expressions are ~400x memcpy: one shape is enough to make the point.
   const Shape& small = bench::shapes()[2];
   benchmark::RegisterBenchmark(bench::bench_name("eigen_naive", "f32", Op::forward_train, small, Layout::nchw, 1).c_str(),

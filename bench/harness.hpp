@@ -47,8 +47,12 @@ inline const std::vector<Shape>& shapes() {
 /// nchw: RowMajor channels first (PyTorch's memory order). colmajor: ColMajor channels first
 /// (Eigen's default). nhwc: channels last, RowMajor (N, H, W, C); for (N, C) shapes nhwc is
 /// the same memory as nchw and is skipped.
-enum class Layout { nchw, colmajor, nhwc };
-inline const char* layout_name(Layout l) { return l == Layout::nchw ? "nchw" : l == Layout::colmajor ? "colmajor" : "nhwc"; }
+/// spanning: not a layout of ours, the floor benchmark of any layout whose channels span the
+/// whole tensor (nhwc, colmajor, and oneDNN's nhwc).
+enum class Layout { nchw, colmajor, nhwc, spanning };
+inline const char* layout_name(Layout l) {
+  return l == Layout::nchw ? "nchw" : l == Layout::colmajor ? "colmajor" : l == Layout::nhwc ? "nhwc" : "spanning";
+}
 
 enum class Op { forward_train, forward_eval, backward_train };
 inline const char* op_name(Op o) {
@@ -127,6 +131,62 @@ void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads) {
 #endif
     for (; k < end; ++k) c[k] = a[k] + T(0.5) * b[k];
   });
+}
+
+/// out = s * x over n values with non-temporal stores where the ISA has them (the write pass of
+/// a forward), on `threads` threads.
+template <class T>
+void scale_baseline(const T* x, T* out, std::size_t n, int threads) {
+  split(n, threads, [&](std::size_t begin, std::size_t end) {
+    std::size_t k = begin;
+#if defined(__AVX__)
+    constexpr std::size_t w = 32 / sizeof(T);
+    for (; k < end && (reinterpret_cast<std::uintptr_t>(out + k) % 32) != 0; ++k) out[k] = T(0.5) * x[k];
+    for (; k + w <= end; k += w) {
+      if constexpr (sizeof(T) == 4)
+        _mm256_stream_ps(out + k, _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(x + k)));
+      else
+        _mm256_stream_pd(out + k, _mm256_mul_pd(_mm256_set1_pd(0.5), _mm256_loadu_pd(x + k)));
+    }
+    _mm_sfence();
+#endif
+    for (; k < end; ++k) out[k] = T(0.5) * x[k];
+  });
+}
+
+/// Sum of a[k] (+ b[k] when b is given) over n values, with 4 vector accumulators (no
+/// reduction-order constraint, so it runs at the read bandwidth), on `threads` threads: the
+/// statistics pass of a training kernel reduced to its loads.
+template <class T>
+T read_sum(const T* a, const T* b, std::size_t n, int threads) {
+  typedef T vec __attribute__((vector_size(64)));
+  constexpr std::size_t w = 64 / sizeof(T);
+  std::vector<T> part(static_cast<std::size_t>(threads), T(0));
+  split(n, threads, [&](std::size_t begin, std::size_t end) {
+    vec s0{}, s1{}, s2{}, s3{};
+    std::size_t k = begin;
+    const auto load = [](const T* p) {
+      vec v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    };
+    for (; k + 4 * w <= end; k += 4 * w) {
+      s0 += load(a + k), s1 += load(a + k + w), s2 += load(a + k + 2 * w), s3 += load(a + k + 3 * w);
+      if (b) s0 += load(b + k), s1 += load(b + k + w), s2 += load(b + k + 2 * w), s3 += load(b + k + 3 * w);
+    }
+    T t = 0;
+    for (; k < end; ++k) t += a[k] + (b ? b[k] : T(0));
+    const vec s = (s0 + s1) + (s2 + s3);
+    for (std::size_t l = 0; l < w; ++l) t += s[l];
+#ifdef _OPENMP
+    part[static_cast<std::size_t>(omp_get_thread_num())] = t;
+#else
+    part[0] = t;
+#endif
+  });
+  T total = 0;
+  for (const T v : part) total += v;
+  return total;
 }
 
 inline double median(std::vector<double> v) {

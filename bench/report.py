@@ -20,10 +20,10 @@ import shutil
 import subprocess
 import sys
 
-IMPLS = ["batchnorm", "onednn", "libtorch", "eigen_naive"]
+IMPLS = ["batchnorm", "floor", "onednn", "libtorch", "eigen_naive"]
 OPS = ["forward_train", "forward_eval", "backward_train"]
 SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide"]  # harness order
-LAYOUTS = ["nchw", "colmajor", "nhwc", "nChw16c", "nChw8c"]
+LAYOUTS = ["nchw", "colmajor", "nhwc", "spanning", "nChw16c", "nChw8c"]
 CHART_SERIES = [  # (title, impl, layout or None for the impl's best layout, colour)
     ("batchnorm nchw", "batchnorm", "nchw", "#1b9e77"),
     ("batchnorm best layout", "batchnorm", None, "#97d8c2"),

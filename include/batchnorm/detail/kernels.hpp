@@ -257,11 +257,23 @@ void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) no
 // ---------------------------------------------------------------------------------------------
 // Statistics.
 
+/// M2 = sum (x - mean)^2 of n values from their sum of squares about head, the mean rounded to
+/// T, and u = mean - head (in A):
+///   sum (x - mean)^2 = sum ((x - head) - u)^2 = sum (x - head)^2 - n * u^2
+/// (the cross term is -2u * sum (x - head) = -2u * n * u). |u| <= ulp(head) / 2, so the
+/// correction is tiny next to M2 unless the values sit at T's resolution around the mean; this
+/// saves the per-value subtraction of u. A rounding below zero is clamped; NaN stays NaN.
+template <class A>
+inline A m2_about_mean(A sum_sq_about_head, A n, A u) noexcept {
+  const A m2 = sum_sq_about_head - n * u * u;
+  return m2 < A(0) ? A(0) : m2;
+}
+
 /// Two-pass moments of the rows x[o * stride + i], o < rows, i < len (one chunk, in L1), shifted
 /// by its first value s:
-///   mean = s + sum (x - s) / (rows * len),   M2 = sum (x - mean)^2,
-/// with x - mean evaluated as (x - head) - tail, mean = head + tail in T. rel = mean - origin.
-/// A constant chunk gives mean == s exactly and M2 == 0.
+///   mean = s + sum (x - s) / (rows * len),   M2 = sum (x - head)^2 - n * (mean - head)^2
+/// with head = mean rounded to T (m2_about_mean); x - head is exact when x is within a factor 2
+/// of head (Sterbenz). rel = mean - origin. A constant chunk gives mean == s exactly, M2 == 0.
 template <class T, class A>
 inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A origin, A& rel, A& m2) noexcept {
   const T s = x[0];
@@ -269,21 +281,21 @@ inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A ori
   for (Index o = 0; o < rows; ++o) sum.add(x + o * stride, len, [s](auto xv) { return xv - s; });
   rel = (static_cast<A>(s) - origin) + sum.result() / static_cast<A>(rows * len);
   const A mean = origin + rel;
-  const T head = static_cast<T>(mean), tail = static_cast<T>(mean - static_cast<A>(head));
+  const T head = static_cast<T>(mean);
   SpanSum<T> sq;
   for (Index o = 0; o < rows; ++o)
-    sq.add(x + o * stride, len, [head, tail](auto xv) {
-      const auto e = (xv - head) - tail;
+    sq.add(x + o * stride, len, [head](auto xv) {
+      const auto e = xv - head;
       return e * e;
     });
-  m2 = sq.result();
+  m2 = m2_about_mean(sq.result(), static_cast<A>(rows * len), mean - static_cast<A>(head));
 }
 
 /// Merges the values of channel c (row path) into acc, chunk by chunk. A chunk is kChunk values
 /// or less: several whole rows, or a piece of a long row. Each chunk is two-passed in L1,
 /// shifted by its first value s:
-///   mean_k = s + sum (x - s) / len,   M2_k = sum (x - mean_k)^2,
-/// with x - mean_k evaluated as (x - head) - tail, mean_k = head + tail in T. A constant chunk
+///   mean_k = s + sum (x - s) / len,   M2_k = sum (x - mean_k)^2   (chunk_moments),
+/// with x - mean_k evaluated about head = mean_k rounded to T. A constant chunk
 /// gives mean_k == s exactly and M2_k == 0. The chunk means are merged relative to the channel's
 /// first value (added back at the end), so that the rounding of each merge is relative to the
 /// spread of the data, not to its magnitude: |mean| / std = 1e5 costs nothing.
@@ -386,8 +398,8 @@ void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
 template <class T, class A>
 void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
   const Index I = v.inner, stride = v.channels * I;
-  alignas(64) T shift[kLanes], head[kLanes], tail[kLanes];
-  alignas(64) A bsum[kLanes], bm2[kLanes];
+  alignas(64) T shift[kLanes], head[kLanes];
+  alignas(64) A bsum[kLanes], bm2[kLanes], bu[kLanes];
   for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
   A n = 0;  // values merged so far, per channel
   for_each_block_tile(v, c0, nc, kBlockRows, [&](Index o0, Index rows, Index t0, Index nt) {
@@ -417,7 +429,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
       const A bmean = origin + rel;
       bsum[l] = rel;
       head[l] = static_cast<T>(bmean);
-      tail[l] = static_cast<T>(bmean - static_cast<A>(head[l]));
+      bu[l] = bmean - static_cast<A>(head[l]);
     };
     if (I == 1) {  // a flat loop the compiler vectorizes
       const T* x0 = x + t0;
@@ -426,10 +438,11 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
       for (Index k = 0; k < nt; ++k)
         for (Index i = 0; i < I; ++i) block_mean(k * I + i, static_cast<A>(x[(t0 + k) * I]));
     }
-    lane_sums(blk, stride, rows, nl, head, tail, bm2, [](auto xv, auto h, auto t) {
-      const auto e = (xv - h) - t;
+    lane_sums(blk, stride, rows, nl, head, head, bm2, [](auto xv, auto h, auto) {
+      const auto e = xv - h;
       return e * e;
     });
+    for (Index l = 0; l < nl; ++l) bm2[l] = m2_about_mean(bm2[l], a_rows, bu[l]);
     fold_lanes(nt, I, rows, bsum, bm2);
     const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
     A* cm = mean + (t0 - c0);
@@ -471,10 +484,11 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 // ---------------------------------------------------------------------------------------------
 // Gradient sums.
 
-/// Sums over the channels of a group of dy and of dy * d, d = (x - head_c) - tail_c, into
-/// sum_dy[0..nc), sum_dy_d[0..nc):
-///   sum_dy = sum dy,   sum_dy_d = sum dy * d
-/// coef_of(c) gives head_c and tail_c (a Coef<T>). after(o0, rows, t0, nt) is called once the
+/// Sums over the channels of a group of dy and of dy * d, d = x - mean_c, into sum_dy[0..nc),
+/// sum_dy_d[0..nc):
+///   sum_dy = sum dy,   sum_dy_d = sum dy * d = sum dy * (x - head_c) - tail_c * sum_dy
+/// coef_of(c) gives head_c and tail_c (a Coef<T>, mean_c = head_c + tail_c); the tail is taken
+/// out of the sum once per channel instead of once per value. after(o0, rows, t0, nt) is called once the
 /// values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they are in
 /// cache (inference backward writes dx there: one pass over x and dy).
 struct NoAfter {
@@ -485,29 +499,31 @@ template <class T, class A, class CoefOf, class After = NoAfter>
 void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
                      A* sum_dy, A* sum_dy_d, After after = {}) noexcept {
   const Index C = v.channels, I = v.inner, O = v.outer;
+  const auto remove_tails = [&] {
+    for (Index k = 0; k < nc; ++k) sum_dy_d[k] -= static_cast<A>(coef_of(c0 + k).tail) * sum_dy[k];
+  };
   if (p.row) {
     for (Index k = 0; k < nc; ++k) {
-      const auto cf = coef_of(c0 + k);
-      const T h = cf.head, t = cf.tail;
+      const T h = coef_of(c0 + k).head;
       DualSpanSum<T> acc;
       for (Index o = 0; o < O; ++o) {
         const Index off = (o * C + c0 + k) * I;
-        acc.add(x + off, dy + off, I, [h, t](auto xv, auto dyv) {
-          return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * ((xv - h) - t)};
+        acc.add(x + off, dy + off, I, [h](auto xv, auto dyv) {
+          return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * (xv - h)};
         });
         after(o, 1, c0 + k, 1);
       }
       sum_dy[k] = acc.first();
       sum_dy_d[k] = acc.second();
     }
-    return;
+    return remove_tails();
   }
   // Lane path: row blocks in order, rows one after the other; per tile, kFlush rows summed per
   // lane in T, then folded into the channels' sums in A.
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
   const Index stride = C * I;
-  alignas(64) T head[kLanes], tail[kLanes], acc0[kLanes], acc1[kLanes];
+  alignas(64) T head[kLanes], acc0[kLanes], acc1[kLanes];
   for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
   Index coef_tile = -1;
   for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
@@ -515,13 +531,12 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     if (I >= W) {
       // Rows of a vector or more: per channel, vectorised along its rows (no lane arrays).
       for (Index k = 0; k < nt; ++k) {
-        const auto cf = coef_of(t0 + k);
-        const T h = cf.head, t = cf.tail;
+        const T h = coef_of(t0 + k).head;
         DualSpanSum<T> acc;
         for (Index r = o0; r < o0 + rows; ++r) {
           const Index off = (r * C + t0 + k) * I;
-          acc.add(x + off, dy + off, I, [h, t](auto xv, auto dyv) {
-            return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * ((xv - h) - t)};
+          acc.add(x + off, dy + off, I, [h](auto xv, auto dyv) {
+            return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * (xv - h)};
           });
         }
         sum_dy[t0 - c0 + k] += acc.first();
@@ -532,8 +547,8 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     }
     if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
       for (Index k = 0; k < nt; ++k) {
-        const auto cf = coef_of(t0 + k);
-        for (Index i = 0; i < I; ++i) head[k * I + i] = cf.head, tail[k * I + i] = cf.tail;
+        const T h = coef_of(t0 + k).head;
+        for (Index i = 0; i < I; ++i) head[k * I + i] = h;
       }
       coef_tile = t0;
     }
@@ -547,20 +562,20 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
         const bool pair = r + 1 < r1, first = r == r0;
         Index l = 0;
         for (; l + W <= nl; l += W) {
-          const auto h = S::load(head + l), t = S::load(tail + l);
+          const auto h = S::load(head + l);
           auto dyv = S::load(dr + l);
-          auto dv = dyv * ((S::load(xr + l) - h) - t);
+          auto dv = dyv * (S::load(xr + l) - h);
           if (pair) {
             const auto dy1 = S::load(dr + stride + l);
             dyv += dy1;
-            dv += dy1 * ((S::load(xr + stride + l) - h) - t);
+            dv += dy1 * (S::load(xr + stride + l) - h);
           }
           S::store(acc0 + l, first ? dyv : S::load(acc0 + l) + dyv);
           S::store(acc1 + l, first ? dv : S::load(acc1 + l) + dv);
         }
         for (; l < nl; ++l) {
-          T dyv = dr[l], dv = dyv * ((xr[l] - head[l]) - tail[l]);
-          if (pair) dyv += dr[stride + l], dv += dr[stride + l] * ((xr[stride + l] - head[l]) - tail[l]);
+          T dyv = dr[l], dv = dyv * (xr[l] - head[l]);
+          if (pair) dyv += dr[stride + l], dv += dr[stride + l] * (xr[stride + l] - head[l]);
           acc0[l] = first ? dyv : acc0[l] + dyv;
           acc1[l] = first ? dv : acc1[l] + dv;
         }
@@ -575,6 +590,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     }
     after(o0, rows, t0, nt);
   });
+  remove_tails();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ struct Scratch {
 ///   dbias_c   = sum dy
 ///   dweight_c = sum dy * xhat = invstd_c * sum dy * d
 ///   dx        = k_c * (dy - dbias_c/m - xhat * dweight_c/m)
-///             = dy * k_c + d * (-k_c * invstd_c * dweight_c/m) + (-k_c * dbias_c/m)
+///             = dy * p + (x - head_c) * q + r,   head_c = mean_c rounded to T,
+///   p = k_c,  q = -k_c * invstd_c * dweight_c/m,  r = -k_c * dbias_c/m - (mean_c - head_c) * q
 /// "- dbias_c/m" is the path through mean_c, "- xhat * dweight_c/m" the path through var_c.
 /// mean, invstd: save_mean/save_invstd of forward_training on the same x. Sums in accum_t<T>
 /// (pass 1 reads x, dy), dx in T (pass 2 reads x, dy, writes dx), channel by channel so pass 2
@@ -85,14 +86,15 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
         x, dy, dx, v, plan, c0, nc,
         [&](Index c) {
           const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
+          const A q = -kc * invstd[c] * invstd[c] * (sum_dy_d[c - c0] / m);
           auto cf = detail_backward::centre_coef<T>(mean[c]);
           cf.p = static_cast<T>(kc);
-          cf.q = static_cast<T>(-kc * invstd[c] * invstd[c] * (sum_dy_d[c - c0] / m));
-          cf.r = static_cast<T>(-kc * (sum_dy[c - c0] / m));
+          cf.q = static_cast<T>(q);
+          cf.r = static_cast<T>(-kc * (sum_dy[c - c0] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
           return cf;
         },
-        // dx = dy * p + d * q + r,  d = (x - head) - tail
-        [](auto xv, auto dyv, auto h, auto t, auto p, auto q, auto r) { return dyv * p + ((xv - h) - t) * q + r; });
+        // dx = dy * p + (x - head) * q + r
+        [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + (xv - h) * q + r; });
   });
   batchnorm::detail::simd::stream_fence();
 }

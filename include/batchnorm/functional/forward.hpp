@@ -14,30 +14,31 @@ namespace batchnorm::functional {
 
 namespace detail_forward {
 
-/// Constants of y = ((x - head) - tail) * p + r for one channel normalized with (mean, invstd):
-/// head + tail is mean split into T's precision twice over (head = T(mean), tail = T(mean - head)),
-/// p = T(invstd * weight), r = bias. x - head is exact when x is within a factor 2 of head
-/// (Sterbenz), so a channel with a large mean and a small spread loses nothing to
-/// cancellation; PyTorch's folded x * alpha + (bias - mean * alpha) does.
+/// Constants of y = (x - head) * p + r for one channel normalized with (mean, invstd):
+///   head = T(mean),  p = T(invstd * weight),  r = T(bias - (mean - head) * invstd * weight)
+/// so that (x - mean) * invstd * weight + bias = (x - head) * p + r, with the small remainder
+/// mean - head folded into r in accum_t<T>. x - head is exact when x is within a factor 2 of head
+/// (Sterbenz), so a channel with a large mean and a small spread loses nothing to cancellation;
+/// PyTorch's folded x * alpha + (bias - mean * alpha) does (x * alpha is large there).
 template <class T>
 batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, const T* weight, const T* bias,
                                           Index c) noexcept {
   using A = accum_t<T>;
   batchnorm::detail::Coef<T> cf;
+  const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
   cf.head = static_cast<T>(mean);
-  cf.tail = static_cast<T>(mean - static_cast<A>(cf.head));
-  cf.p = static_cast<T>(invstd * (weight ? static_cast<A>(weight[c]) : A(1)));
-  cf.r = bias ? bias[c] : T(0);
+  cf.p = static_cast<T>(scale);
+  cf.r = static_cast<T>((bias ? static_cast<A>(bias[c]) : A(0)) - (mean - static_cast<A>(cf.head)) * scale);
   return cf;
 }
 
-/// y = ((x - head) - tail) * p + r over the channels of a group, all in T.
+/// y = (x - head) * p + r over the channels of a group, all in T.
 template <class T, class CoefOf>
 void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& plan, Index c0, Index nc,
                      CoefOf coef_of, T* y) noexcept {
   batchnorm::detail::group_apply<T, false>(x, nullptr, y, v, plan, c0, nc, coef_of,
-                                           [](auto xv, auto, auto h, auto t, auto p, auto, auto r) {
-                                             return ((xv - h) - t) * p + r;
+                                           [](auto xv, auto, auto h, auto, auto p, auto, auto r) {
+                                             return (xv - h) * p + r;
                                            });
 }
 
@@ -80,8 +81,8 @@ void inference_stats(Index channels, const T* running_mean, const T* running_var
 
 /// Normalize with given per-channel statistics:
 ///   y = (x - mean_c) * invstd_c * weight_c + bias_c
-/// computed as ((x - head_c) - tail_c) * (invstd_c * weight_c) + bias_c with mean_c = head_c + tail_c
-/// split into two T values: T arithmetic per value, no cancellation at large |mean| / std.
+/// computed as (x - head_c) * p_c + r_c with head_c = mean_c rounded to T (normalize_coef): T
+/// arithmetic per value, no cancellation at large |mean| / std.
 /// weight == nullptr means 1, bias == nullptr means 0 (affine off). y may equal x (in place);
 /// other overlaps are not allowed. NaN/Inf propagate.
 template <class T>
