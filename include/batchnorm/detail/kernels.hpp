@@ -45,6 +45,8 @@ inline constexpr Index kChunk = 2048;         ///< values per two-pass chunk of 
 inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane path
 inline constexpr Index kBlockRows = 16;       ///< rows per two-pass block of the lane path (L1)
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
+inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
+inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
 inline constexpr Index kStreamBytes = 1 << 22;  ///< outputs this large bypass the caches
 inline constexpr Index kParallelMin = 1 << 16;  ///< fewer values than this run on one thread
@@ -90,7 +92,6 @@ struct SpanSum {
   typename S::vec a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
   int steps = 0;  // additions to each accumulator since the last flush
   typename S::wide w0{}, w1{};
-  A tail = 0;
 
   void flush() noexcept {
     S::accumulate(w0, a0 + a1);
@@ -113,19 +114,22 @@ struct SpanSum {
       a3 += f(S::load(p + i + 3 * W));
       step();
     }
-    if (i + W <= n) {  // at most three vectors left: one to each of a0, a1, a2
-      a0 += f(S::load(p + i)), i += W;
+    if (i < n) {  // at most three vectors and a partial one left: one to each of a0..a3
+      if (i + W <= n) a0 += f(S::load(p + i)), i += W;
       if (i + W <= n) a1 += f(S::load(p + i)), i += W;
       if (i + W <= n) a2 += f(S::load(p + i)), i += W;
+      if (i < n) {
+        const int r = static_cast<int>(n - i);
+        a3 += S::keep_n(f(S::load_n(p + i, r)), r);
+      }
       step();
     }
-    for (; i < n; ++i) tail += static_cast<A>(f(p[i]));
   }
   A result() noexcept {
     flush();
     typename S::wide w = w0;
     S::add(w, w1);
-    return simd::hsum<T>(w) + tail;
+    return simd::hsum<T>(w);
   }
 };
 
@@ -139,7 +143,6 @@ struct DualSpanSum {
   typename S::vec a0 = S::zero(), a1 = S::zero(), b0 = S::zero(), b1 = S::zero();
   int steps = 0;
   typename S::wide w0{}, w1{};
-  A tail0 = 0, tail1 = 0;
 
   template <class V>
   struct Pair {
@@ -167,25 +170,27 @@ struct DualSpanSum {
       a1 += t1.first, b1 += t1.second;
       step();
     }
-    if (i + W <= n) {
-      const auto t0 = f(S::load(x + i), S::load(u + i));
-      a0 += t0.first, b0 += t0.second;
-      i += W;
+    if (i < n) {  // at most one vector and a partial one left: to a0/b0 and a1/b1
+      if (i + W <= n) {
+        const auto t0 = f(S::load(x + i), S::load(u + i));
+        a0 += t0.first, b0 += t0.second;
+        i += W;
+      }
+      if (i < n) {
+        const int r = static_cast<int>(n - i);
+        const auto t1 = f(S::load_n(x + i, r), S::load_n(u + i, r));
+        a1 += S::keep_n(t1.first, r), b1 += S::keep_n(t1.second, r);
+      }
       step();
-    }
-    for (; i < n; ++i) {
-      const auto t = f(x[i], u[i]);
-      tail0 += static_cast<A>(t.first);
-      tail1 += static_cast<A>(t.second);
     }
   }
   A first() noexcept {
     flush();
-    return simd::hsum<T>(w0) + tail0;
+    return simd::hsum<T>(w0);
   }
   A second() noexcept {
     flush();
-    return simd::hsum<T>(w1) + tail1;
+    return simd::hsum<T>(w1);
   }
 };
 
@@ -252,6 +257,21 @@ void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) no
   const Index ct = tile_channels(v);
   for (Index o0 = 0; o0 < v.outer; o0 += block)
     for (Index t0 = c0; t0 < c0 + nc; t0 += ct) f(o0, std::min(block, v.outer - o0), t0, std::min(ct, c0 + nc - t0));
+}
+
+/// Wide rows (lane path with inner >= one vector): calls f(o0, rows, k0, nk) for chunks
+/// [k0, k0 + nk) of at most kWideChannels channels of [c0, c0 + nc) (outer loop) and, within
+/// each, blocks of rows [o0, o0 + rows) of about kWideBlockBytes (inner loop). The caller reads a
+/// block in memory order: row by row, the chunk's channels along each row (one contiguous run of
+/// nk * inner values a row), never down a column.
+template <class T, class F>
+void for_each_chunk_block(const View& v, Index c0, Index nc, F f) noexcept {
+  for (Index k0 = c0; k0 < c0 + nc; k0 += kWideChannels) {
+    const Index nk = std::min(kWideChannels, c0 + nc - k0);
+    const Index run = std::max<Index>(1, nk * v.inner * static_cast<Index>(sizeof(T)));
+    const Index block = std::max<Index>(1, kWideBlockBytes / run);
+    for (Index o0 = 0; o0 < v.outer; o0 += block) f(o0, std::min(block, v.outer - o0), k0, nk);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,33 +538,40 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     }
     return remove_tails();
   }
-  // Lane path: row blocks in order, rows one after the other; per tile, kFlush rows summed per
-  // lane in T, then folded into the channels' sums in A.
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
-  const Index stride = C * I;
-  alignas(64) T head[kLanes], acc0[kLanes], acc1[kLanes];
   for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
-  Index coef_tile = -1;
-  for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
-    const Index nl = nt * I;
-    if (I >= W) {
-      // Rows of a vector or more: per channel, vectorised along its rows (no lane arrays).
-      for (Index k = 0; k < nt; ++k) {
-        const T h = coef_of(t0 + k).head;
-        DualSpanSum<T> acc;
-        for (Index r = o0; r < o0 + rows; ++r) {
-          const Index off = (r * C + t0 + k) * I;
-          acc.add(x + off, dy + off, I, [h](auto xv, auto dyv) {
+  if (I >= W) {
+    // Wide rows: chunks of channels, one DualSpanSum a channel, blocks read along the rows.
+    Index chunk = -1;
+    T head[kWideChannels];
+    DualSpanSum<T> acc[kWideChannels];
+    for_each_chunk_block<T>(v, c0, nc, [&](Index o0, Index rows, Index k0, Index nk) {
+      if (chunk != k0) {
+        for (Index k = 0; k < nk; ++k) head[k] = coef_of(k0 + k).head, acc[k] = DualSpanSum<T>{};
+        chunk = k0;
+      }
+      for (Index r = o0; r < o0 + rows; ++r)
+        for (Index k = 0; k < nk; ++k) {
+          const Index off = (r * C + k0 + k) * I;
+          const T h = head[k];
+          acc[k].add(x + off, dy + off, I, [h](auto xv, auto dyv) {
             return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * (xv - h)};
           });
         }
-        sum_dy[t0 - c0 + k] += acc.first();
-        sum_dy_d[t0 - c0 + k] += acc.second();
-      }
-      after(o0, rows, t0, nt);
-      return;
-    }
+      after(o0, rows, k0, nk);
+      if (o0 + rows == O)
+        for (Index k = 0; k < nk; ++k) sum_dy[k0 - c0 + k] = acc[k].first(), sum_dy_d[k0 - c0 + k] = acc[k].second();
+    });
+    return remove_tails();
+  }
+  // Lane path: row blocks in order, rows one after the other; per tile, kFlush rows summed per
+  // lane in T, then folded into the channels' sums in A.
+  const Index stride = C * I;
+  alignas(64) T head[kLanes], acc0[kLanes], acc1[kLanes];
+  Index coef_tile = -1;
+  for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
+    const Index nl = nt * I;
     if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
       for (Index k = 0; k < nt; ++k) {
         const T h = coef_of(t0 + k).head;
@@ -608,11 +635,22 @@ struct LaneCoefs {
   const T* k[5];
 };
 
+/// Addresses to fetch into the cache while a span is computed, at the same offsets as its x and
+/// u: the next channel's values, which the row path reads next (its statistics or sums), so that
+/// memory works while the current channel is computed from L2. nullptr: nothing.
+template <class T>
+struct Ahead {
+  const T* x = nullptr;
+  const T* u = nullptr;
+};
+
 /// out[i] = f(x[i], u[i], head, tail, p, q, r) for i < n, with the constants as scalars (row
 /// path, K = Coef<T>) or loaded per lane (lane path, K = LaneCoefs<T>). u is read only if HasU.
-/// With stream, full vectors at aligned addresses go out as non-temporal stores.
+/// With stream, full vectors at aligned addresses go out as non-temporal stores. ahead: lines
+/// to prefetch, one vector's worth per vector computed.
 template <class T, bool HasU, class K, class F>
-inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f) noexcept {
+inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f,
+                       Ahead<T> ahead = {}) noexcept {
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
   constexpr bool per_lane = std::is_same_v<K, LaneCoefs<T>>;
@@ -621,36 +659,66 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
     if constexpr (per_lane) out[i] = f(x[i], uv, k.k[0][i], k.k[1][i], k.k[2][i], k.k[3][i], k.k[4][i]);
     else out[i] = f(x[i], uv, k.head, k.tail, k.p, k.q, k.r);
   };
-  const auto vector = [&](Index i) {
-    const auto xv = S::load(x + i);
-    const auto uv = HasU ? S::load(u + i) : S::zero();
+  // The vector at i, of W values, or of r < W values (zeros after them) when r > 0.
+  const auto vector = [&](Index i, int r = 0) {
+    const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
+    if (ahead.x) simd::prefetch(ahead.x + i);
+    if (HasU && ahead.u) simd::prefetch(ahead.u + i);
+    const auto xv = ld(x + i);
+    const auto uv = HasU ? ld(u + i) : S::zero();
     if constexpr (per_lane)
-      return f(xv, uv, S::load(k.k[0] + i), S::load(k.k[1] + i), S::load(k.k[2] + i), S::load(k.k[3] + i),
-               S::load(k.k[4] + i));
+      return f(xv, uv, ld(k.k[0] + i), ld(k.k[1] + i), ld(k.k[2] + i), ld(k.k[3] + i), ld(k.k[4] + i));
     else
       return f(xv, uv, k.head, k.tail, k.p, k.q, k.r);
   };
   Index i = 0;
-  if (stream && n >= 4 * W) {
-    for (; i < n && !simd::stream_aligned(out + i); ++i) scalar(i);
-    for (; i + W <= n; i += W) simd::stream<T>(out + i, vector(i));
+  if constexpr (W > 1) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(out);
+    if (stream && n >= 2 * W && addr % sizeof(T) == 0) {
+      // Up to the first aligned address with a partial store, then non-temporal stores. In
+      // place (out == x) this is safe: the head vector reads x[0, W) before anything is written
+      // past the head.
+      const int head = static_cast<int>((simd::kBytes - addr % simd::kBytes) % simd::kBytes / sizeof(T));
+      if (head) S::store_n(out, vector(0), head), i = head;
+      for (; i + W <= n; i += W) simd::stream<T>(out + i, vector(i));
+    }
   }
   for (; i + W <= n; i += W) S::store(out + i, vector(i));
-  for (; i < n; ++i) scalar(i);
+  if constexpr (W > 1) {
+    if (i < n) S::store_n(out + i, vector(i, static_cast<int>(n - i)), static_cast<int>(n - i));
+  } else {
+    for (; i < n; ++i) scalar(i);
+  }
 }
 
 /// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
-/// [t0, t0 + nt), nt == 1 or a lane tile; coef_of(c) gives the Coef<T> of channel c.
+/// [t0, t0 + nt), nt == 1 or a lane tile, in memory order; coef_of(c) gives the Coef<T> of
+/// channel c. Rows of a vector or more take the constants as scalars, channel by channel along
+/// each row; shorter rows load them per lane. prefetch_next: fetch channel t0 + 1 meanwhile
+/// (nt == 1, the row path).
 template <class T, bool HasU, class CoefOf, class F>
 void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, Index o0, Index rows, Index t0, Index nt,
-                  CoefOf coef_of, F f) noexcept {
+                  CoefOf coef_of, F f, bool prefetch_next = false) noexcept {
   const Index C = v.channels, I = v.inner;
   if (nt == 1) {
     const Coef<T> cf = coef_of(t0);
+    const bool ahead = prefetch_next && t0 + 1 < C;
     for (Index o = o0; o < o0 + rows; ++o) {
       const Index off = (o * C + t0) * I;
-      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f);
+      Ahead<T> next;
+      if (ahead) next.x = x + off + I, next.u = HasU ? u + off + I : nullptr;
+      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f, next);
     }
+    return;
+  }
+  if (I >= simd::Simd<T>::lanes) {  // wide rows: nt <= kWideChannels (for_each_chunk_block)
+    Coef<T> cfs[kWideChannels];
+    for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
+    for (Index o = o0; o < o0 + rows; ++o)
+      for (Index j = 0; j < nt; ++j) {
+        const Index off = (o * C + t0 + j) * I;
+        apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cfs[j], f);
+      }
     return;
   }
   alignas(64) T k[5][kLanes];
@@ -674,12 +742,15 @@ template <class T, bool HasU, class CoefOf, class F>
 void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
                  F f) noexcept {
   if (p.row) {
-    for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p.stream, 0, v.outer, c, 1, coef_of, f);
+    for (Index c = c0; c < c0 + nc; ++c)
+      region_apply<T, HasU>(x, u, out, v, p.stream, 0, v.outer, c, 1, coef_of, f, true);
     return;
   }
-  for_each_block_tile(v, c0, nc, kBlockRows * 16, [&](Index o0, Index rows, Index t0, Index nt) {
+  const auto region = [&](Index o0, Index rows, Index t0, Index nt) {
     region_apply<T, HasU>(x, u, out, v, p.stream, o0, rows, t0, nt, coef_of, f);
-  });
+  };
+  if (v.inner >= simd::Simd<T>::lanes) for_each_chunk_block<T>(v, c0, nc, region);
+  else for_each_block_tile(v, c0, nc, kBlockRows * 16, region);
 }
 
 }  // namespace batchnorm::detail

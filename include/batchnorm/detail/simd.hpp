@@ -47,6 +47,43 @@ struct Simd {
   }
   static void store(T* p, vec v) noexcept { std::memcpy(p, &v, sizeof v); }
   static vec zero() noexcept { return vec{}; }
+  /// The first n < lanes values at p, zeros after them; reads nothing past p[n - 1] (AVX-512:
+  /// one masked load; elsewhere a copy).
+  static vec load_n(const T* p, int n) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4)
+      return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+    else
+      return reinterpret_cast<vec>(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p));
+#else
+    vec v{};
+    std::memcpy(&v, p, sizeof(T) * static_cast<std::size_t>(n));
+    return v;
+#endif
+  }
+  /// Writes the first n < lanes values of v to p, nothing past p[n - 1].
+  static void store_n(T* p, vec v, int n) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4)
+      _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v));
+    else
+      _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d>(v));
+#else
+    std::memcpy(p, &v, sizeof(T) * static_cast<std::size_t>(n));
+#endif
+  }
+  /// v with the lanes from n on set to zero (n < lanes).
+  static vec keep_n(vec v, int n) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4)
+      return reinterpret_cast<vec>(_mm512_maskz_mov_ps(static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v)));
+    else
+      return reinterpret_cast<vec>(_mm512_maskz_mov_pd(static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d>(v)));
+#else
+    for (int l = n; l < lanes; ++l) v[l] = T(0);
+    return v;
+#endif
+  }
   /// w += v, lane by lane, in A.
   static void accumulate(wide& w, const vec& v) noexcept {
     if constexpr (parts == 1) {
@@ -104,18 +141,11 @@ struct Simd {
   static vec load(const T* p) noexcept { return *p; }
   static void store(T* p, vec v) noexcept { *p = v; }
   static vec zero() noexcept { return vec{}; }
+  // Partial vectors (n < lanes == 1): never called with n > 0.
+  static vec load_n(const T*, int) noexcept { return vec{}; }
+  static void store_n(T*, vec, int) noexcept {}
+  static vec keep_n(vec, int) noexcept { return vec{}; }
   static void accumulate(wide& w, const vec& v) noexcept { w.p += static_cast<A>(v); }
-  /// out[0..lanes) += v, lane by lane, in A (out: an array of A, any alignment).
-  static void add_to(A* out, const vec& v) noexcept {
-    wide w{};
-    accumulate(w, v);
-    for (int k = 0; k < parts; ++k) {
-      avec o;
-      std::memcpy(&o, out + k * (lanes / parts), sizeof o);
-      o += w.p[k];
-      std::memcpy(out + k * (lanes / parts), &o, sizeof o);
-    }
-  }
   static void add(wide& w, const wide& u) noexcept { w.p += u.p; }
   static void add_to(A* out, const vec& v) noexcept { *out += static_cast<A>(v); }
   static void lanes_of(const wide& w, A* out) noexcept { *out = w.p; }
@@ -160,6 +190,15 @@ inline void stream(T* p, typename Simd<T>::vec v) noexcept {
   else _mm_stream_pd(p, reinterpret_cast<__m128d>(v));
 #else
   Simd<T>::store(p, v);
+#endif
+}
+
+/// Asks for the cache line of p ahead of its use (a hint; no fault on any address).
+inline void prefetch(const void* p) noexcept {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
 #endif
 }
 
