@@ -184,6 +184,12 @@ struct DualSpanSum {
       step();
     }
   }
+  /// Moves everything summed so far into (into0, into1), in A, and starts again from zero.
+  void drain(typename S::wide& into0, typename S::wide& into1) noexcept {
+    flush();
+    S::add(into0, w0), S::add(into1, w1);
+    w0 = w1 = typename S::wide{};
+  }
   A first() noexcept {
     flush();
     return simd::hsum<T>(w0);
@@ -543,25 +549,31 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
   if (I >= W) {
     // Wide rows: chunks of channels, one DualSpanSum a channel, blocks read along the rows.
+    // Each span is summed in registers (a DualSpanSum of its own) and drained into the
+    // channel's A accumulators: the same order of additions for any partition.
     Index chunk = -1;
     T head[kWideChannels];
-    DualSpanSum<T> acc[kWideChannels];
+    typename S::wide acc0[kWideChannels], acc1[kWideChannels];
     for_each_chunk_block<T>(v, c0, nc, [&](Index o0, Index rows, Index k0, Index nk) {
       if (chunk != k0) {
-        for (Index k = 0; k < nk; ++k) head[k] = coef_of(k0 + k).head, acc[k] = DualSpanSum<T>{};
+        for (Index k = 0; k < nk; ++k) head[k] = coef_of(k0 + k).head, acc0[k] = acc1[k] = typename S::wide{};
         chunk = k0;
       }
-      for (Index r = o0; r < o0 + rows; ++r)
+      for (Index r = o0; r < o0 + rows; ++r) {
         for (Index k = 0; k < nk; ++k) {
           const Index off = (r * C + k0 + k) * I;
           const T h = head[k];
-          acc[k].add(x + off, dy + off, I, [h](auto xv, auto dyv) {
+          DualSpanSum<T> span;
+          span.add(x + off, dy + off, I, [h](auto xv, auto dyv) {
             return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * (xv - h)};
           });
+          span.drain(acc0[k], acc1[k]);
         }
+      }
       after(o0, rows, k0, nk);
       if (o0 + rows == O)
-        for (Index k = 0; k < nk; ++k) sum_dy[k0 - c0 + k] = acc[k].first(), sum_dy_d[k0 - c0 + k] = acc[k].second();
+        for (Index k = 0; k < nk; ++k)
+          sum_dy[k0 - c0 + k] = simd::hsum<T>(acc0[k]), sum_dy_d[k0 - c0 + k] = simd::hsum<T>(acc1[k]);
     });
     return remove_tails();
   }
@@ -635,22 +647,12 @@ struct LaneCoefs {
   const T* k[5];
 };
 
-/// Addresses to fetch into the cache while a span is computed, at the same offsets as its x and
-/// u: the next channel's values, which the row path reads next (its statistics or sums), so that
-/// memory works while the current channel is computed from L2. nullptr: nothing.
-template <class T>
-struct Ahead {
-  const T* x = nullptr;
-  const T* u = nullptr;
-};
-
 /// out[i] = f(x[i], u[i], head, tail, p, q, r) for i < n, with the constants as scalars (row
 /// path, K = Coef<T>) or loaded per lane (lane path, K = LaneCoefs<T>). u is read only if HasU.
-/// With stream, full vectors at aligned addresses go out as non-temporal stores. ahead: lines
-/// to prefetch, one vector's worth per vector computed.
+/// With stream, full vectors at aligned addresses go out as non-temporal stores (a partial
+/// vector up to the first aligned address, and the tail, as masked stores).
 template <class T, bool HasU, class K, class F>
-inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f,
-                       Ahead<T> ahead = {}) noexcept {
+inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f) noexcept {
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
   constexpr bool per_lane = std::is_same_v<K, LaneCoefs<T>>;
@@ -662,8 +664,6 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
   // The vector at i, of W values, or of r < W values (zeros after them) when r > 0.
   const auto vector = [&](Index i, int r = 0) {
     const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
-    if (ahead.x) simd::prefetch(ahead.x + i);
-    if (HasU && ahead.u) simd::prefetch(ahead.u + i);
     const auto xv = ld(x + i);
     const auto uv = HasU ? ld(u + i) : S::zero();
     if constexpr (per_lane)
@@ -691,34 +691,65 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
   }
 }
 
+/// out[i] = f(x[i], u[i], constants of channel i / I) for i < nt * I: one row of nt channels of
+/// I >= W values each, as one run (so that non-temporal stores cover whole aligned vectors across
+/// channel boundaries). A vector that straddles a boundary is computed with both channels'
+/// constants and blended (I >= W: at most one boundary a vector). Heads and tails as apply_span.
+template <class T, bool HasU, class F>
+inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, const Coef<T>* cfs, bool stream,
+                      F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  const Index n = nt * I;
+  Index j = 0, end = I;  // channel of the current position, and where it ends
+  const auto at = [&](Index i, int r = 0) {
+    while (i >= end) ++j, end += I;
+    const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
+    const auto xv = ld(x + i);
+    const auto uv = HasU ? ld(u + i) : S::zero();
+    const Coef<T>& a = cfs[j];
+    auto v = f(xv, uv, a.head, a.tail, a.p, a.q, a.r);
+    const Index width = r ? r : W;
+    if (i + width > end) {
+      const Coef<T>& b = cfs[j + 1];
+      v = S::blend_first(v, f(xv, uv, b.head, b.tail, b.p, b.q, b.r), static_cast<int>(end - i));
+    }
+    return v;
+  };
+  Index i = 0;
+  const auto addr = reinterpret_cast<std::uintptr_t>(out);
+  if (stream && n >= 2 * W && addr % sizeof(T) == 0) {
+    const int head = static_cast<int>((simd::kBytes - addr % simd::kBytes) % simd::kBytes / sizeof(T));
+    if (head) S::store_n(out, at(0), head), i = head;
+    for (; i + W <= n; i += W) simd::stream<T>(out + i, at(i));
+  }
+  for (; i + W <= n; i += W) S::store(out + i, at(i));
+  if (i < n) S::store_n(out + i, at(i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
 /// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
 /// [t0, t0 + nt), nt == 1 or a lane tile, in memory order; coef_of(c) gives the Coef<T> of
 /// channel c. Rows of a vector or more take the constants as scalars, channel by channel along
-/// each row; shorter rows load them per lane. prefetch_next: fetch channel t0 + 1 meanwhile
-/// (nt == 1, the row path).
+/// each row (apply_run); shorter rows load them per lane.
 template <class T, bool HasU, class CoefOf, class F>
 void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, Index o0, Index rows, Index t0, Index nt,
-                  CoefOf coef_of, F f, bool prefetch_next = false) noexcept {
+                  CoefOf coef_of, F f) noexcept {
   const Index C = v.channels, I = v.inner;
   if (nt == 1) {
     const Coef<T> cf = coef_of(t0);
-    const bool ahead = prefetch_next && t0 + 1 < C;
     for (Index o = o0; o < o0 + rows; ++o) {
       const Index off = (o * C + t0) * I;
-      Ahead<T> next;
-      if (ahead) next.x = x + off + I, next.u = HasU ? u + off + I : nullptr;
-      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f, next);
+      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f);
     }
     return;
   }
-  if (I >= simd::Simd<T>::lanes) {  // wide rows: nt <= kWideChannels (for_each_chunk_block)
+  if (I >= simd::Simd<T>::lanes && simd::Simd<T>::lanes > 1) {  // wide rows: nt <= kWideChannels
     Coef<T> cfs[kWideChannels];
     for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
-    for (Index o = o0; o < o0 + rows; ++o)
-      for (Index j = 0; j < nt; ++j) {
-        const Index off = (o * C + t0 + j) * I;
-        apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cfs[j], f);
-      }
+    for (Index o = o0; o < o0 + rows; ++o) {
+      const Index off = (o * C + t0) * I;
+      apply_run<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, nt, cfs, stream, f);
+    }
     return;
   }
   alignas(64) T k[5][kLanes];
@@ -743,7 +774,7 @@ void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, I
                  F f) noexcept {
   if (p.row) {
     for (Index c = c0; c < c0 + nc; ++c)
-      region_apply<T, HasU>(x, u, out, v, p.stream, 0, v.outer, c, 1, coef_of, f, true);
+      region_apply<T, HasU>(x, u, out, v, p.stream, 0, v.outer, c, 1, coef_of, f);
     return;
   }
   const auto region = [&](Index o0, Index rows, Index t0, Index nt) {

@@ -72,6 +72,20 @@ struct Simd {
     std::memcpy(p, &v, sizeof(T) * static_cast<std::size_t>(n));
 #endif
   }
+  /// The first n lanes of a, the others of b (0 < n < lanes).
+  static vec blend_first(vec a, vec b, int n) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4)
+      return reinterpret_cast<vec>(_mm512_mask_blend_ps(static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(b),
+                                                        reinterpret_cast<__m512>(a)));
+    else
+      return reinterpret_cast<vec>(_mm512_mask_blend_pd(static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d>(b),
+                                                        reinterpret_cast<__m512d>(a)));
+#else
+    for (int l = 0; l < n; ++l) b[l] = a[l];
+    return b;
+#endif
+  }
   /// v with the lanes from n on set to zero (n < lanes).
   static vec keep_n(vec v, int n) noexcept {
 #if defined(__AVX512F__)
@@ -145,6 +159,7 @@ struct Simd {
   static vec load_n(const T*, int) noexcept { return vec{}; }
   static void store_n(T*, vec, int) noexcept {}
   static vec keep_n(vec, int) noexcept { return vec{}; }
+  static vec blend_first(vec, vec b, int) noexcept { return b; }
   static void accumulate(wide& w, const vec& v) noexcept { w.p += static_cast<A>(v); }
   static void add(wide& w, const wide& u) noexcept { w.p += u.p; }
   static void add_to(A* out, const vec& v) noexcept { *out += static_cast<A>(v); }
@@ -190,15 +205,6 @@ inline void stream(T* p, typename Simd<T>::vec v) noexcept {
   else _mm_stream_pd(p, reinterpret_cast<__m128d>(v));
 #else
   Simd<T>::store(p, v);
-#endif
-}
-
-/// Asks for the cache line of p ahead of its use (a hint; no fault on any address).
-inline void prefetch(const void* p) noexcept {
-#if defined(__GNUC__)
-  __builtin_prefetch(p, 0, 3);
-#else
-  (void)p;
 #endif
 }
 
