@@ -43,7 +43,9 @@ using functional::View;
 inline constexpr Index kRowMin = 1024;        ///< rows at least this long take the row path
 inline constexpr Index kChunk = 2048;         ///< values per two-pass chunk of the row path (L1)
 inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane path
-inline constexpr Index kBlockRows = 16;       ///< rows per two-pass block of the lane path (L1)
+inline constexpr Index kBlockRows = 64;       ///< rows per two-pass block of the lane path (L2)
+inline constexpr Index kSumRows = 64;         ///< rows per block of the lane path's gradient sums
+inline constexpr Index kApplyRows = 256;      ///< rows per block of the lane path's elementwise pass
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
@@ -582,7 +584,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   const Index stride = C * I;
   alignas(64) T head[kLanes], acc0[kLanes], acc1[kLanes];
   Index coef_tile = -1;
-  for_each_block_tile(v, c0, nc, kBlockRows * 4, [&](Index o0, Index rows, Index t0, Index nt) {
+  for_each_block_tile(v, c0, nc, kSumRows, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
     if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
       for (Index k = 0; k < nt; ++k) {
@@ -761,9 +763,10 @@ void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, In
     }
   }
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
+  const Index nl = nt * I;
   for (Index o = o0; o < o0 + rows; ++o) {
     const Index off = (o * C + t0) * I;
-    apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nt * I, stream, lanes, f);
+    apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nl, stream, lanes, f);
   }
 }
 
@@ -781,7 +784,7 @@ void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, I
     region_apply<T, HasU>(x, u, out, v, p.stream, o0, rows, t0, nt, coef_of, f);
   };
   if (v.inner >= simd::Simd<T>::lanes) for_each_chunk_block<T>(v, c0, nc, region);
-  else for_each_block_tile(v, c0, nc, kBlockRows * 16, region);
+  else for_each_block_tile(v, c0, nc, kApplyRows, region);
 }
 
 }  // namespace batchnorm::detail
