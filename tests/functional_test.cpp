@@ -187,6 +187,43 @@ TEMPLATE_TEST_CASE("outputs of 4 MiB or more (non-temporal stores): aligned, mis
   }
 }
 
+TEMPLATE_TEST_CASE("ordered data: a step, a trend and a late outlier give exact statistics", "[functional][stress]", float,
+                   double) {
+  using T = TestType;
+  // Channel 0 steps from about 0 to about 1e3 halfway, channel 1 rises linearly, channel 2 is
+  // constant but for its last value: later chunks have means far from the mean of the values
+  // before them (the kernels' one-pass chunk sums about that mean decline such chunks and
+  // two-pass them), and the statistics must still be those of the long double reference.
+  for (const View v : {View{4, 3, 6000}, View{64, 3, 40}, View{3000, 3, 1}, View{1, 3, 9000}}) {
+    INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << ")");
+    const auto n = static_cast<std::size_t>(v.size());
+    using Index = F::Index;
+    const Index m = v.count();
+    const auto noise = normal_values<T>(n, 0.0, 1.0, 401);
+    std::vector<T> x(n);
+    for (Index o = 0; o < v.outer; ++o)
+      for (Index c = 0; c < v.channels; ++c)
+        for (Index i = 0; i < v.inner; ++i) {
+          const Index j = o * v.inner + i;  // position within the channel
+          const auto at = static_cast<std::size_t>((o * v.channels + c) * v.inner + i);
+          const double e = static_cast<double>(noise[at]);
+          x[at] = static_cast<T>(c == 0   ? (2 * j >= m ? 1e3 : 0.0) + 1e-2 * e
+                                 : c == 1 ? 1e-3 * static_cast<double>(j) + 1e-4 * e
+                                          : (j == m - 1 ? 50.0 : 3.0));
+        }
+    std::vector<Acc<T>> mean(3), var(3);
+    F::batch_stats(x.data(), v, mean.data(), var.data());
+    const std::vector<T> w{1, 1, 1}, b{0, 0, 0};
+    const auto ref = naive_batch_norm(x, std::vector<T>(n, T(0)), v, true, w, b, 1e-5);
+    CHECK(worst_rel_err(mean, ref.mean) <= naive_tol<T>());
+    for (std::size_t c = 0; c < 3; ++c) {
+      INFO("channel " << c << ": var " << var[c] << ", reference " << ref.var[c]);
+      CHECK(std::abs(static_cast<double>(var[c]) - static_cast<double>(ref.var[c])) <=
+            naive_tol<T>() * std::abs(static_cast<double>(ref.var[c])));
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("large mean, small spread: 1e4 + N(0, 0.1)", "[functional][stress]", float, double) {
   using T = TestType;
   for (const View v : {View{8, 3, 400}, View{3200, 3, 1}}) {

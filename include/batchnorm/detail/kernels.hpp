@@ -320,9 +320,34 @@ inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A ori
   m2 = m2_about_mean(sq.result(), static_cast<A>(rows * len), mean - static_cast<A>(head));
 }
 
+/// One-pass moments of a chunk (laid out as in chunk_moments) about c, a value close to its mean
+/// (the mean of the values before it, rounded to T):
+///   s1 = sum (x - c),  s2 = sum (x - c)^2,  mean = c + s1 / n,  M2 = s2 - s1^2 / n
+/// Taken only when s1^2 / n <= M2, i.e. the chunk's mean is within one standard deviation of c
+/// (true for data in random order), where the subtraction loses at most a factor 2 of the
+/// relative precision of s2. Returns false otherwise (and for NaN or Inf), writing nothing: the
+/// caller then two-passes the chunk (chunk_moments) from cache.
+template <class T, class A>
+inline bool chunk_moments_about(const T* x, Index stride, Index rows, Index len, A origin, T c, A& rel,
+                                A& m2) noexcept {
+  DualSpanSum<T> sums;
+  for (Index o = 0; o < rows; ++o)
+    sums.add(x + o * stride, x + o * stride, len, [c](auto xv, auto) {
+      const auto d = xv - c;
+      return typename DualSpanSum<T>::template Pair<decltype(d)>{d, d * d};
+    });
+  const A n = static_cast<A>(rows * len), s1 = sums.first(), s2 = sums.second();
+  const A cross = s1 * (s1 / n), m2_c = s2 - cross;
+  if (!(cross <= m2_c)) return false;
+  rel = (static_cast<A>(c) - origin) + s1 / n;
+  m2 = m2_c;
+  return true;
+}
+
 /// Merges the values of channel c (row path) into acc, chunk by chunk. A chunk is kChunk values
-/// or less: several whole rows, or a piece of a long row. Each chunk is two-passed in L1,
-/// shifted by its first value s:
+/// or less: several whole rows, or a piece of a long row. After the first chunk, a chunk is
+/// summed in one pass about the mean so far when that is accurate (chunk_moments_about);
+/// otherwise, and for the first, it is two-passed in L1, shifted by its first value s:
 ///   mean_k = s + sum (x - s) / len,   M2_k = sum (x - mean_k)^2   (chunk_moments),
 /// with x - mean_k evaluated about head = mean_k rounded to T. A constant chunk
 /// gives mean_k == s exactly and M2_k == 0. The chunk means are merged relative to the channel's
@@ -334,9 +359,12 @@ void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexce
   const T* base = x + c * I;
   const A origin = I > 0 && O > 0 ? static_cast<A>(base[0]) : A(0);  // acc holds means relative to it
   // A chunk: rows [o0, o1) from value i0 to i1 of each.
+  // After the first chunk, one pass about the mean so far where that is accurate.
   const auto chunk = [&](Index o0, Index o1, Index i0, Index i1) {
     A rel, m2;
-    chunk_moments(base + o0 * stride + i0, stride, o1 - o0, i1 - i0, origin, rel, m2);
+    const T* p = base + o0 * stride + i0;
+    if (acc.n == 0 || !chunk_moments_about(p, stride, o1 - o0, i1 - i0, origin, static_cast<T>(origin + acc.mean), rel, m2))
+      chunk_moments(p, stride, o1 - o0, i1 - i0, origin, rel, m2);
     acc.merge(static_cast<A>((o1 - o0) * (i1 - i0)), rel, m2);
   };
   if (I == 0) return;
@@ -436,13 +464,16 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
     const Index nl = nt * I;
     const T* blk = x + (o0 * v.channels + t0) * I;
     if (I >= simd::Simd<T>::lanes) {
-      // Rows of a vector or more: each channel's block is one chunk, vectorised along its rows.
+      // Rows of a vector or more: each channel's block is one chunk, vectorised along its rows
+      // (one pass about the channel's mean so far where accurate, as channel_moments).
       const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
       for (Index k = 0; k < nt; ++k) {
         A rel, bm;
-        chunk_moments(blk + k * I, stride, rows, I, static_cast<A>(x[(t0 + k) * I]), rel, bm);
         A& cm = mean[t0 - c0 + k];
         A& c2 = m2[t0 - c0 + k];
+        const A origin = static_cast<A>(x[(t0 + k) * I]);
+        if (n == 0 || !chunk_moments_about(blk + k * I, stride, rows, I, origin, static_cast<T>(origin + cm), rel, bm))
+          chunk_moments(blk + k * I, stride, rows, I, origin, rel, bm);
         const A delta = rel - cm;
         cm = n == 0 ? rel : cm + delta * f1;
         c2 = n == 0 ? bm : c2 + bm + delta * delta * f2;
