@@ -682,6 +682,29 @@ struct LaneCoefs {
   const T* k[5];
 };
 
+/// out[i] = at(i) for i < n, a vector (W values) at a time; at(i, r) with 0 < r < W is the vector
+/// of the r values from i (zeros after them). With stream: a partial store up to the first
+/// aligned address, then non-temporal stores of whole vectors; the tail as a partial store. In
+/// place (out == the input at() reads) this is safe: the head vector reads [0, W) before anything
+/// past the head is written.
+template <class T, class At>
+inline void store_span(T* out, Index n, bool stream, At at) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  Index i = 0;
+  if constexpr (W > 1) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(out);
+    if (stream && n >= 2 * W && addr % sizeof(T) == 0) {
+      const int head = static_cast<int>((simd::kBytes - addr % simd::kBytes) % simd::kBytes / sizeof(T));
+      if (head) S::store_n(out, at(0, 0), head), i = head;
+      for (; i + W <= n; i += W) simd::stream<T>(out + i, at(i, 0));
+    }
+  }
+  for (; i + W <= n; i += W) S::store(out + i, at(i, 0));
+  if constexpr (W > 1)
+    if (i < n) S::store_n(out + i, at(i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
 /// out[i] = f(x[i], u[i], head, tail, p, q, r) for i < n, with the constants as scalars (row
 /// path, K = Coef<T>) or loaded per lane (lane path, K = LaneCoefs<T>). u is read only if HasU.
 /// With stream, full vectors at aligned addresses go out as non-temporal stores (a partial
@@ -689,15 +712,8 @@ struct LaneCoefs {
 template <class T, bool HasU, class K, class F>
 inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f) noexcept {
   using S = simd::Simd<T>;
-  constexpr Index W = S::lanes;
   constexpr bool per_lane = std::is_same_v<K, LaneCoefs<T>>;
-  const auto scalar = [&](Index i) {
-    const T uv = HasU ? u[i] : T(0);
-    if constexpr (per_lane) out[i] = f(x[i], uv, k.k[0][i], k.k[1][i], k.k[2][i], k.k[3][i], k.k[4][i]);
-    else out[i] = f(x[i], uv, k.head, k.tail, k.p, k.q, k.r);
-  };
-  // The vector at i, of W values, or of r < W values (zeros after them) when r > 0.
-  const auto vector = [&](Index i, int r = 0) {
+  store_span(out, n, stream, [&](Index i, int r) {
     const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
     const auto xv = ld(x + i);
     const auto uv = HasU ? ld(u + i) : S::zero();
@@ -705,25 +721,7 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
       return f(xv, uv, ld(k.k[0] + i), ld(k.k[1] + i), ld(k.k[2] + i), ld(k.k[3] + i), ld(k.k[4] + i));
     else
       return f(xv, uv, k.head, k.tail, k.p, k.q, k.r);
-  };
-  Index i = 0;
-  if constexpr (W > 1) {
-    const auto addr = reinterpret_cast<std::uintptr_t>(out);
-    if (stream && n >= 2 * W && addr % sizeof(T) == 0) {
-      // Up to the first aligned address with a partial store, then non-temporal stores. In
-      // place (out == x) this is safe: the head vector reads x[0, W) before anything is written
-      // past the head.
-      const int head = static_cast<int>((simd::kBytes - addr % simd::kBytes) % simd::kBytes / sizeof(T));
-      if (head) S::store_n(out, vector(0), head), i = head;
-      for (; i + W <= n; i += W) simd::stream<T>(out + i, vector(i));
-    }
-  }
-  for (; i + W <= n; i += W) S::store(out + i, vector(i));
-  if constexpr (W > 1) {
-    if (i < n) S::store_n(out + i, vector(i, static_cast<int>(n - i)), static_cast<int>(n - i));
-  } else {
-    for (; i < n; ++i) scalar(i);
-  }
+  });
 }
 
 /// out[i] = f(x[i], u[i], constants of channel i / I) for i < nt * I: one row of nt channels of
@@ -737,7 +735,7 @@ inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, const C
   constexpr Index W = S::lanes;
   const Index n = nt * I;
   Index j = 0, end = I;  // channel of the current position, and where it ends
-  const auto at = [&](Index i, int r = 0) {
+  store_span(out, n, stream, [&](Index i, int r) {
     while (i >= end) ++j, end += I;
     const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
     const auto xv = ld(x + i);
@@ -750,16 +748,7 @@ inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, const C
       v = S::blend_first(v, f(xv, uv, b.head, b.tail, b.p, b.q, b.r), static_cast<int>(end - i));
     }
     return v;
-  };
-  Index i = 0;
-  const auto addr = reinterpret_cast<std::uintptr_t>(out);
-  if (stream && n >= 2 * W && addr % sizeof(T) == 0) {
-    const int head = static_cast<int>((simd::kBytes - addr % simd::kBytes) % simd::kBytes / sizeof(T));
-    if (head) S::store_n(out, at(0), head), i = head;
-    for (; i + W <= n; i += W) simd::stream<T>(out + i, at(i));
-  }
-  for (; i + W <= n; i += W) S::store(out + i, at(i));
-  if (i < n) S::store_n(out + i, at(i, static_cast<int>(n - i)), static_cast<int>(n - i));
+  });
 }
 
 /// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
