@@ -95,7 +95,9 @@ TEMPLATE_TEST_CASE("forward and backward agree with a long double reference on e
   const std::vector<View> views{
       {1, 1, 1},   {2, 1, 1},    {3, 5, 1},     {17, 3, 1},     {65, 300, 1},  {33, 17, 2},  {40, 9, 15},
       {5, 4, 16},  {7, 3, 17},   {2, 2, 31},    {3, 2, 32},     {2, 3, 33},    {2, 2, 35},   {1, 3, 1000},
-      {3, 2, 1000}, {1, 2, 4099}, {300, 1, 1},  {2, 600, 1},    {129, 20, 3},  {4, 70, 4}};
+      {3, 2, 1000}, {1, 2, 4099}, {300, 1, 1},  {2, 600, 1},    {129, 20, 3},  {4, 70, 4},
+      // Fewer than 4 channels and 2^16 values or more: the batch is split into segments.
+      {300, 2, 300}, {70000, 1, 1}, {16, 3, 5000}};
   std::uint32_t seed = 1;
   for (const View& v : views) {
     for (const std::size_t misalign : {0u, 1u}) {
@@ -478,7 +480,9 @@ TEST_CASE("NaN and Inf propagate to their channel only", "[functional]") {
 TEMPLATE_TEST_CASE("results are bitwise identical for 1 and 2 threads", "[functional][threads]", float, double) {
   using T = TestType;
   // Both traversal paths and a channels-last-like view, large enough to run threaded.
-  for (const View v : {View{8, 6, 4000}, View{300, 37, 20}, View{5000, 70, 1}, View{2, 600, 300}}) {
+  // ... and views with few channels, whose batch is split into segments instead.
+  for (const View v : {View{8, 6, 4000}, View{300, 37, 20}, View{5000, 70, 1}, View{2, 600, 300}, View{300, 2, 300},
+                       View{70000, 1, 1}, View{16, 3, 5000}}) {
     INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << ")");
     const auto n = static_cast<std::size_t>(v.size());
     const auto C = static_cast<std::size_t>(v.channels);

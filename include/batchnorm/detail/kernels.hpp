@@ -53,6 +53,8 @@ inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
 inline constexpr Index kStreamBytes = 1 << 22;  ///< outputs this large bypass the caches
 inline constexpr Index kParallelMin = 1 << 16;  ///< fewer values than this run on one thread
+inline constexpr Index kFewChannels = 4;        ///< fewer channels than this: threads split the batch
+inline constexpr Index kSegments = 8;           ///< batch segments when they do
 
 // ---------------------------------------------------------------------------------------------
 // Moments and their merge.
@@ -245,6 +247,29 @@ Plan make_plan(const View& v) noexcept {
   }
   p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
   return p;
+}
+
+/// Few channels (fewer than kFewChannels) and enough values for threads: the outer (batch) axis
+/// is cut into kSegments segments that run on the threads instead of the channel groups. The
+/// count depends on the view alone, and segments' statistics and sums merge in segment order, so
+/// results are the same for any number of threads. Otherwise 1.
+inline Index segments_of(const View& v) noexcept {
+  return v.channels < kFewChannels && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
+}
+
+/// Calls f(s, sub, offset) for the S segments of the outer axis, on OpenMP threads when S > 1:
+/// sub is the view of rows [outer * s / S, outer * (s + 1) / S), offset the index of its first
+/// value. A kernel run on sub inside f plans for sub (its own paths), with `stream` from the
+/// whole view.
+template <class F>
+void for_each_segment(const View& v, Index S, F f) noexcept {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (S > 1 && max_threads() > 1)
+#endif
+  for (Index s = 0; s < S; ++s) {
+    const Index o0 = v.outer * s / S, o1 = v.outer * (s + 1) / S;
+    f(s, View{o1 - o0, v.channels, v.inner}, o0 * v.channels * v.inner);
+  }
 }
 
 /// Calls f(c0, nc) for every group [c0, c0 + nc), on OpenMP threads if the plan says so.
@@ -538,6 +563,20 @@ void group_moments(const T* x, const View& v, const Plan& p, Index c0, Index nc,
 /// Per-channel mean and M2 over the whole view.
 template <class T, class A>
 void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
+  if (const Index S = segments_of(v); S > 1) {
+    // Few channels: moments of each batch segment on the threads, merged in segment order.
+    A sm[kSegments][kFewChannels], s2[kSegments][kFewChannels];
+    for_each_segment(v, S, [&](Index s, const View& sub, Index off) {
+      group_moments(x + off, sub, make_plan<T>(sub), 0, sub.channels, sm[s], s2[s]);
+    });
+    for (Index c = 0; c < v.channels; ++c) {
+      Moments<A> acc;
+      for (Index s = 0; s < S; ++s)
+        acc.merge(static_cast<A>((v.outer * (s + 1) / S - v.outer * s / S) * v.inner), sm[s][c], s2[s][c]);
+      mean[c] = acc.mean, m2[c] = acc.m2;
+    }
+    return;
+  }
   const Plan p = make_plan<T>(v);
   for_each_group(v, p, [&](Index c0, Index nc) { group_moments(x, v, p, c0, nc, mean + c0, m2 + c0); });
 }

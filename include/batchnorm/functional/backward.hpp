@@ -75,27 +75,47 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
   detail_backward::Scratch<A> scratch(v.channels, workspace);
   const A m = static_cast<A>(v.count());
   const auto plan = batchnorm::detail::make_plan<T>(v);
-  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-    A* sum_dy = scratch.sum_dy + c0;
-    A* sum_dy_d = scratch.sum_dy_d + c0;
-    batchnorm::detail::group_grad_sums(
-        x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d);
-    detail_backward::param_grads(c0, nc, sum_dy, sum_dy_d, invstd, dweight, dbias);
-    if (!dx || m == 0) return;
-    batchnorm::detail::group_apply<T, true>(
-        x, dy, dx, v, plan, c0, nc,
-        [&](Index c) {
-          const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
-          const A q = -kc * invstd[c] * invstd[c] * (sum_dy_d[c - c0] / m);
-          auto cf = detail_backward::centre_coef<T>(mean[c]);
-          cf.p = static_cast<T>(kc);
-          cf.q = static_cast<T>(q);
-          cf.r = static_cast<T>(-kc * (sum_dy[c - c0] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
-          return cf;
-        },
-        // dx = dy * p + (x - head) * q + r
-        [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + (xv - h) * q + r; });
-  });
+  const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
+  // The constants of dx for channel c from its sums; dx = dy * p + (x - head) * q + r.
+  const auto dx_coef = [&](Index c) {
+    const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
+    const A q = -kc * invstd[c] * invstd[c] * (scratch.sum_dy_d[c] / m);
+    auto cf = detail_backward::centre_coef<T>(mean[c]);
+    cf.p = static_cast<T>(kc);
+    cf.q = static_cast<T>(q);
+    cf.r = static_cast<T>(-kc * (scratch.sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
+    return cf;
+  };
+  const auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + (xv - h) * q + r; };
+  if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
+    // Few channels: the sums of each batch segment on the threads, added in segment order, then
+    // dx split over the batch.
+    using batchnorm::detail::kFewChannels;
+    using batchnorm::detail::kSegments;
+    A s0[kSegments][kFewChannels], s1[kSegments][kFewChannels];
+    batchnorm::detail::for_each_segment(v, S, [&](Index s, const View& sub, Index off) {
+      batchnorm::detail::group_grad_sums(x + off, dy + off, sub, batchnorm::detail::make_plan<T>(sub), 0, sub.channels,
+                                         centre, s0[s], s1[s]);
+    });
+    for (Index c = 0; c < v.channels; ++c) {
+      A a0 = 0, a1 = 0;
+      for (Index s = 0; s < S; ++s) a0 += s0[s][c], a1 += s1[s][c];
+      scratch.sum_dy[c] = a0, scratch.sum_dy_d[c] = a1;
+    }
+    detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
+    if (dx && m > 0)
+      batchnorm::detail::for_each_segment(v, S, [&](Index, const View& sub, Index off) {
+        auto sp = batchnorm::detail::make_plan<T>(sub);
+        sp.stream = plan.stream;
+        batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
+      });
+  } else {
+    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+      batchnorm::detail::group_grad_sums(x, dy, v, plan, c0, nc, centre, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
+      detail_backward::param_grads(c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd, dweight, dbias);
+      if (dx && m > 0) batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
+    });
+  }
   batchnorm::detail::simd::stream_fence();
 }
 
@@ -119,23 +139,48 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
     return cf;
   };
   const auto scale = [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; };
-  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+  const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
+  // Channels [c0, c0 + nc) of the view w (at offset off of the whole, planned as p): the sums
+  // into s0, s1 (indexed from c0), and dx for each region right after it is summed (still in
+  // cache): one pass over x and dy. Without dweight and dbias, dx alone.
+  const auto pass = [&](const View& w, const batchnorm::detail::Plan& p, Index off, Index c0, Index nc, A* s0, A* s1) {
     if (dweight || dbias) {
-      // One pass: the sums, and dx for each region right after it is summed (still in cache).
-      A* sum_dy = scratch.sum_dy + c0;
-      A* sum_dy_d = scratch.sum_dy_d + c0;
-      batchnorm::detail::group_grad_sums(
-          x, dy, v, plan, c0, nc, [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); }, sum_dy, sum_dy_d,
-          [&](Index o0, Index rows, Index t0, Index nt) {
-            if (dx)
-              batchnorm::detail::region_apply<T, false>(dy, nullptr, dx, v, plan.stream, o0, rows, t0, nt, scale_coef,
-                                                        scale);
-          });
-      detail_backward::param_grads(c0, nc, sum_dy, sum_dy_d, invstd, dweight, dbias);
+      batchnorm::detail::group_grad_sums(x + off, dy + off, w, p, c0, nc, centre, s0, s1,
+                                         [&](Index o0, Index rows, Index t0, Index nt) {
+                                           if (dx)
+                                             batchnorm::detail::region_apply<T, false>(
+                                                 dy + off, nullptr, dx + off, w, p.stream, o0, rows, t0, nt,
+                                                 scale_coef, scale);
+                                         });
     } else if (dx) {
-      batchnorm::detail::group_apply<T, false>(dy, nullptr, dx, v, plan, c0, nc, scale_coef, scale);
+      batchnorm::detail::group_apply<T, false>(dy + off, nullptr, dx + off, w, p, c0, nc, scale_coef, scale);
     }
-  });
+  };
+  if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
+    // Few channels: the pass over each batch segment on the threads, sums added in segment order.
+    using batchnorm::detail::kFewChannels;
+    using batchnorm::detail::kSegments;
+    A s0[kSegments][kFewChannels], s1[kSegments][kFewChannels];
+    batchnorm::detail::for_each_segment(v, S, [&](Index s, const View& sub, Index off) {
+      auto sp = batchnorm::detail::make_plan<T>(sub);
+      sp.stream = plan.stream;
+      pass(sub, sp, off, 0, sub.channels, s0[s], s1[s]);
+    });
+    if (dweight || dbias) {
+      for (Index c = 0; c < v.channels; ++c) {
+        A a0 = 0, a1 = 0;
+        for (Index s = 0; s < S; ++s) a0 += s0[s][c], a1 += s1[s][c];
+        scratch.sum_dy[c] = a0, scratch.sum_dy_d[c] = a1;
+      }
+      detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
+    }
+  } else {
+    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+      pass(v, plan, 0, c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
+      if (dweight || dbias)
+        detail_backward::param_grads(c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd, dweight, dbias);
+    });
+  }
   batchnorm::detail::simd::stream_fence();
 }
 

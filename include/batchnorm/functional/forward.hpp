@@ -46,8 +46,16 @@ void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& p
 template <class T, class CoefOf>
 void normalize_all(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
   const auto plan = batchnorm::detail::make_plan<T>(v);
-  batchnorm::detail::for_each_group(v, plan,
-                                    [&](Index c0, Index nc) { normalize_group(x, v, plan, c0, nc, coef_of, y); });
+  if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
+    batchnorm::detail::for_each_segment(v, S, [&](Index, const View& sub, Index off) {
+      auto sp = batchnorm::detail::make_plan<T>(sub);
+      sp.stream = plan.stream;
+      normalize_group(x + off, sub, sp, 0, sub.channels, coef_of, y + off);
+    });
+  } else {
+    batchnorm::detail::for_each_group(v, plan,
+                                      [&](Index c0, Index nc) { normalize_group(x, v, plan, c0, nc, coef_of, y); });
+  }
   batchnorm::detail::simd::stream_fence();
 }
 
@@ -128,18 +136,27 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
     batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel when training, got 1 (outer " +
                                              std::to_string(v.outer) + ", inner " + std::to_string(v.inner) + ")");
   // save_invstd holds M2, then var, then invstd: no scratch memory.
-  const auto plan = batchnorm::detail::make_plan<T>(v);
-  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-    batchnorm::detail::group_moments(x, v, plan, c0, nc, save_mean + c0, save_invstd + c0);
+  const auto finish = [&](Index c0, Index nc) {
     for (Index c = c0; c < c0 + nc; ++c) {
       const A var = m > 0 ? save_invstd[c] / static_cast<A>(m) : A(0);
       if (running_mean && m > 0)
         detail_running::update_channel(save_mean[c], var, m, static_cast<A>(factor), running_mean[c], running_var[c]);
       save_invstd[c] = invstd_of(var, eps);
     }
-    detail_forward::normalize_group(
-        x, v, plan, c0, nc,
-        [&](Index c) { return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c); }, y);
+  };
+  const auto coef = [&](Index c) { return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c); };
+  if (batchnorm::detail::segments_of(v) > 1) {
+    // Few channels: statistics, then the normalize pass, each split over the batch.
+    batchnorm::detail::moments(x, v, save_mean, save_invstd);
+    finish(0, v.channels);
+    detail_forward::normalize_all(x, v, coef, y);
+    return;
+  }
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+    batchnorm::detail::group_moments(x, v, plan, c0, nc, save_mean + c0, save_invstd + c0);
+    finish(c0, nc);
+    detail_forward::normalize_group(x, v, plan, c0, nc, coef, y);
   });
   batchnorm::detail::simd::stream_fence();
 }
