@@ -7,17 +7,21 @@
 //   lane path  (short rows): for fixed o the values of channels c0..c1-1 are one contiguous run
 //              of (c1-c0)*inner "lanes"; loops run across lanes with per-lane constants in
 //              small stack arrays, and lanes fold into channels at the end. A group is a tile of
-//              whole channels, at most kLanes lanes.
+//              whole channels, at most kLanes lanes. Rows of a vector or more ("wide rows")
+//              keep per-channel constants instead and are read in memory order, each row one
+//              run across channels (for_each_chunk_block, apply_run).
 // A kernel finishes a group (statistics, then the elementwise pass) before the next, so the
 // second pass finds the group in cache when it fits (row path: one channel); groups are
 // independent, and run on OpenMP threads when the library is built with OpenMP
-// (batchnorm::openmp). Every sum has an order fixed by the View alone: the results are bitwise
-// the same for any number of threads and any tiling.
+// (batchnorm::openmp). With fewer than kFewChannels channels the threads split the batch into
+// kSegments segments instead (for_each_segment). Every sum has an order fixed by the View
+// alone: the results are bitwise the same for any number of threads and any tiling.
 //
 // Precision: sums run in T vectors for at most kFlush additions per lane, then move to
 // accum_t<T> (double); for float that bounds the relative error of a partial sum by 7 * 2^-24
-// before it joins a double sum. Statistics are two-pass over L1-sized chunks (row path) or
-// row blocks (lane path), merged with Chan et al.'s formula.
+// before it joins a double sum. Statistics are taken over L1/L2-sized chunks (row path) or row
+// blocks (lane path), each two-passed or summed about a value within a standard deviation of
+// its mean (chunk_moments_about), and merged with Chan et al.'s formula.
 #pragma once
 
 #include <algorithm>
@@ -473,10 +477,12 @@ void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
 }
 
 /// Lane path: mean and M2 of channels [c0, c0 + nc) into mean[0..nc), m2[0..nc), streaming row
-/// blocks of kBlockRows rows (kWideBlockRows for rows of a vector or more). Per tile of a block, each lane is two-passed (shifted by the
-/// block's first row); the lanes of a channel merge into its block moments, which merge into
-/// the channel's running moments (every channel has the same count, so the Chan factors are
-/// shared). Means are merged relative to each channel's first value, as in channel_moments.
+/// blocks of kBlockRows rows (kWideBlockRows for rows of a vector or more). Per tile of a block,
+/// each lane is two-passed (shifted by the block's first row); the lanes of a channel merge into
+/// its block moments, which merge into the channel's running moments (every channel has the same
+/// count, so the Chan factors are shared). Rows of a vector or more are summed per channel
+/// instead (chunk_moments, or chunk_moments_about after the first block). Means are merged
+/// relative to each channel's first value, as in channel_moments.
 template <class T, class A>
 void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
   const Index I = v.inner, stride = v.channels * I;
