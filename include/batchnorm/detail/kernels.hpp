@@ -228,6 +228,13 @@ inline int max_threads() noexcept {
 #endif
 }
 
+/// Wide rows: lane-path rows of a vector or more, traversed with per-channel constants (see the
+/// comment at the top of this file).
+template <class T>
+constexpr bool wide_rows(const View& v) noexcept {
+  return v.inner >= simd::Simd<T>::lanes;
+}
+
 /// Channels per lane tile: whole channels, at most kLanes lanes.
 inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
 
@@ -261,18 +268,31 @@ inline Index segments_of(const View& v) noexcept {
   return v.channels < kFewChannels && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
 }
 
-/// Calls f(s, sub, offset) for the S segments of the outer axis, on OpenMP threads when S > 1:
-/// sub is the view of rows [outer * s / S, outer * (s + 1) / S), offset the index of its first
-/// value. A kernel run on sub inside f plans for sub (its own paths), with `stream` from the
-/// whole view.
-template <class F>
-void for_each_segment(const View& v, Index S, F f) noexcept {
+/// Calls f(s, sub, sub_plan, offset) for the S = segments_of(v) segments of the outer axis, on
+/// OpenMP threads: sub is the view of rows [outer * s / S, outer * (s + 1) / S), offset the index
+/// of its first value, sub_plan its plan (its own paths), with `stream` from p, the whole view's.
+template <class T, class F>
+void for_each_segment(const View& v, const Plan& p, F f) noexcept {
+  const Index S = segments_of(v);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (S > 1 && max_threads() > 1)
 #endif
   for (Index s = 0; s < S; ++s) {
     const Index o0 = v.outer * s / S, o1 = v.outer * (s + 1) / S;
-    f(s, View{o1 - o0, v.channels, v.inner}, o0 * v.channels * v.inner);
+    const View sub{o1 - o0, v.channels, v.inner};
+    Plan sp = make_plan<T>(sub);
+    sp.stream = p.stream;
+    f(s, sub, sp, o0 * v.channels * v.inner);
+  }
+}
+
+/// The sums of S segments added in segment order, channel by channel: out[c] = sum_s part[s][c].
+template <class A>
+void add_segments(Index S, Index channels, const A (*part)[kFewChannels], A* out) noexcept {
+  for (Index c = 0; c < channels; ++c) {
+    A a = 0;
+    for (Index s = 0; s < S; ++s) a += part[s][c];
+    out[c] = a;
   }
 }
 
@@ -392,8 +412,9 @@ void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexce
   const auto chunk = [&](Index o0, Index o1, Index i0, Index i1) {
     A rel, m2;
     const T* p = base + o0 * stride + i0;
-    if (acc.n == 0 || !chunk_moments_about(p, stride, o1 - o0, i1 - i0, origin, static_cast<T>(origin + acc.mean), rel, m2))
-      chunk_moments(p, stride, o1 - o0, i1 - i0, origin, rel, m2);
+    const Index rows = o1 - o0, len = i1 - i0;
+    if (acc.n == 0 || !chunk_moments_about(p, stride, rows, len, origin, static_cast<T>(origin + acc.mean), rel, m2))
+      chunk_moments(p, stride, rows, len, origin, rel, m2);
     acc.merge(static_cast<A>((o1 - o0) * (i1 - i0)), rel, m2);
   };
   if (I == 0) return;
@@ -490,11 +511,11 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
   alignas(64) A bsum[kLanes], bm2[kLanes], bu[kLanes];
   for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
   A n = 0;  // values merged so far, per channel
-  const Index block = I >= simd::Simd<T>::lanes ? kWideBlockRows : kBlockRows;
+  const Index block = wide_rows<T>(v) ? kWideBlockRows : kBlockRows;
   for_each_block_tile(v, c0, nc, block, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
     const T* blk = x + (o0 * v.channels + t0) * I;
-    if (I >= simd::Simd<T>::lanes) {
+    if (wide_rows<T>(v)) {
       // Rows of a vector or more: each channel's block is one chunk, vectorised along its rows
       // (one pass about the channel's mean so far where accurate, as channel_moments).
       const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
@@ -503,8 +524,9 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
         A& cm = mean[t0 - c0 + k];
         A& c2 = m2[t0 - c0 + k];
         const A origin = static_cast<A>(x[(t0 + k) * I]);
-        if (n == 0 || !chunk_moments_about(blk + k * I, stride, rows, I, origin, static_cast<T>(origin + cm), rel, bm))
-          chunk_moments(blk + k * I, stride, rows, I, origin, rel, bm);
+        const T* chunk = blk + k * I;
+        if (n == 0 || !chunk_moments_about(chunk, stride, rows, I, origin, static_cast<T>(origin + cm), rel, bm))
+          chunk_moments(chunk, stride, rows, I, origin, rel, bm);
         const A delta = rel - cm;
         cm = n == 0 ? rel : cm + delta * f1;
         c2 = n == 0 ? bm : c2 + bm + delta * delta * f2;
@@ -572,8 +594,8 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
   if (const Index S = segments_of(v); S > 1) {
     // Few channels: moments of each batch segment on the threads, merged in segment order.
     A sm[kSegments][kFewChannels], s2[kSegments][kFewChannels];
-    for_each_segment(v, S, [&](Index s, const View& sub, Index off) {
-      group_moments(x + off, sub, make_plan<T>(sub), 0, sub.channels, sm[s], s2[s]);
+    for_each_segment<T>(v, make_plan<T>(v), [&](Index s, const View& sub, const Plan& sp, Index off) {
+      group_moments(x + off, sub, sp, 0, sub.channels, sm[s], s2[s]);
     });
     for (Index c = 0; c < v.channels; ++c) {
       Moments<A> acc;
@@ -594,9 +616,9 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 /// sum_dy_d[0..nc):
 ///   sum_dy = sum dy,   sum_dy_d = sum dy * d = sum dy * (x - head_c) - tail_c * sum_dy
 /// coef_of(c) gives head_c and tail_c (a Coef<T>, mean_c = head_c + tail_c); the tail is taken
-/// out of the sum once per channel instead of once per value. after(o0, rows, t0, nt) is called once the
-/// values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they are in
-/// cache (inference backward writes dx there: one pass over x and dy).
+/// out of the sum once per channel instead of once per value. after(o0, rows, t0, nt) is called
+/// once the values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they
+/// are in cache (inference backward writes dx there: one pass over x and dy).
 struct NoAfter {
   void operator()(Index, Index, Index, Index) const noexcept {}
 };
@@ -627,18 +649,15 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
   for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
-  if (I >= W) {
+  if (wide_rows<T>(v)) {
     // Wide rows: chunks of channels, one DualSpanSum a channel, blocks read along the rows.
     // Each span is summed in registers (a DualSpanSum of its own) and drained into the
     // channel's A accumulators: the same order of additions for any partition.
-    Index chunk = -1;
     T head[kWideChannels];
     typename S::wide acc0[kWideChannels], acc1[kWideChannels];
     for_each_chunk_block<T>(v, c0, nc, [&](Index o0, Index rows, Index k0, Index nk) {
-      if (chunk != k0) {
+      if (o0 == 0)  // a new chunk of channels
         for (Index k = 0; k < nk; ++k) head[k] = coef_of(k0 + k).head, acc0[k] = acc1[k] = typename S::wide{};
-        chunk = k0;
-      }
       for (Index r = o0; r < o0 + rows; ++r) {
         for (Index k = 0; k < nk; ++k) {
           const Index off = (r * C + k0 + k) * I;
@@ -812,7 +831,7 @@ void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, In
     }
     return;
   }
-  if (I >= simd::Simd<T>::lanes && simd::Simd<T>::lanes > 1) {  // wide rows: nt <= kWideChannels
+  if (wide_rows<T>(v)) {  // nt <= kWideChannels (for_each_chunk_block)
     Coef<T> cfs[kWideChannels];
     for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
     for (Index o = o0; o < o0 + rows; ++o) {
@@ -850,7 +869,7 @@ void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, I
   const auto region = [&](Index o0, Index rows, Index t0, Index nt) {
     region_apply<T, HasU>(x, u, out, v, p.stream, o0, rows, t0, nt, coef_of, f);
   };
-  if (v.inner >= simd::Simd<T>::lanes) for_each_chunk_block<T>(v, c0, nc, region);
+  if (wide_rows<T>(v)) for_each_chunk_block<T>(v, c0, nc, region);
   else for_each_block_tile(v, c0, nc, kApplyRows, region);
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../functional/view.hpp"
 
@@ -47,14 +48,19 @@ struct Simd {
   }
   static void store(T* p, vec v) noexcept { std::memcpy(p, &v, sizeof v); }
   static vec zero() noexcept { return vec{}; }
+#if defined(__AVX512F__)
+  /// The AVX-512 mask of the first n lanes.
+  using mask = std::conditional_t<sizeof(T) == 4, __mmask16, __mmask8>;
+  static mask first(int n) noexcept { return static_cast<mask>((1u << n) - 1); }
+#endif
   /// The first n < lanes values at p, zeros after them; reads nothing past p[n - 1] (AVX-512:
   /// one masked load; elsewhere a copy).
   static vec load_n(const T* p, int n) noexcept {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4)
-      return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+      return reinterpret_cast<vec>(_mm512_maskz_loadu_ps(first(n), p));
     else
-      return reinterpret_cast<vec>(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p));
+      return reinterpret_cast<vec>(_mm512_maskz_loadu_pd(first(n), p));
 #else
     vec v{};
     std::memcpy(&v, p, sizeof(T) * static_cast<std::size_t>(n));
@@ -65,9 +71,9 @@ struct Simd {
   static void store_n(T* p, vec v, int n) noexcept {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4)
-      _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v));
+      _mm512_mask_storeu_ps(p, first(n), reinterpret_cast<__m512>(v));
     else
-      _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d>(v));
+      _mm512_mask_storeu_pd(p, first(n), reinterpret_cast<__m512d>(v));
 #else
     std::memcpy(p, &v, sizeof(T) * static_cast<std::size_t>(n));
 #endif
@@ -76,11 +82,9 @@ struct Simd {
   static vec blend_first(vec a, vec b, int n) noexcept {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4)
-      return reinterpret_cast<vec>(_mm512_mask_blend_ps(static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(b),
-                                                        reinterpret_cast<__m512>(a)));
+      return reinterpret_cast<vec>(_mm512_mask_blend_ps(first(n), reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(a)));
     else
-      return reinterpret_cast<vec>(_mm512_mask_blend_pd(static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d>(b),
-                                                        reinterpret_cast<__m512d>(a)));
+      return reinterpret_cast<vec>(_mm512_mask_blend_pd(first(n), reinterpret_cast<__m512d>(b), reinterpret_cast<__m512d>(a)));
 #else
     for (int l = 0; l < n; ++l) b[l] = a[l];
     return b;
@@ -90,9 +94,9 @@ struct Simd {
   static vec keep_n(vec v, int n) noexcept {
 #if defined(__AVX512F__)
     if constexpr (sizeof(T) == 4)
-      return reinterpret_cast<vec>(_mm512_maskz_mov_ps(static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v)));
+      return reinterpret_cast<vec>(_mm512_maskz_mov_ps(first(n), reinterpret_cast<__m512>(v)));
     else
-      return reinterpret_cast<vec>(_mm512_maskz_mov_pd(static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d>(v)));
+      return reinterpret_cast<vec>(_mm512_maskz_mov_pd(first(n), reinterpret_cast<__m512d>(v)));
 #else
     for (int l = n; l < lanes; ++l) v[l] = T(0);
     return v;

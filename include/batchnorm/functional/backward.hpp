@@ -93,20 +93,14 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
     using batchnorm::detail::kFewChannels;
     using batchnorm::detail::kSegments;
     A s0[kSegments][kFewChannels], s1[kSegments][kFewChannels];
-    batchnorm::detail::for_each_segment(v, S, [&](Index s, const View& sub, Index off) {
-      batchnorm::detail::group_grad_sums(x + off, dy + off, sub, batchnorm::detail::make_plan<T>(sub), 0, sub.channels,
-                                         centre, s0[s], s1[s]);
+    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index s, const View& sub, const auto& sp, Index off) {
+      batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0[s], s1[s]);
     });
-    for (Index c = 0; c < v.channels; ++c) {
-      A a0 = 0, a1 = 0;
-      for (Index s = 0; s < S; ++s) a0 += s0[s][c], a1 += s1[s][c];
-      scratch.sum_dy[c] = a0, scratch.sum_dy_d[c] = a1;
-    }
+    batchnorm::detail::add_segments(S, v.channels, s0, scratch.sum_dy);
+    batchnorm::detail::add_segments(S, v.channels, s1, scratch.sum_dy_d);
     detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
     if (dx && m > 0)
-      batchnorm::detail::for_each_segment(v, S, [&](Index, const View& sub, Index off) {
-        auto sp = batchnorm::detail::make_plan<T>(sub);
-        sp.stream = plan.stream;
+      batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
         batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
       });
   } else {
@@ -161,17 +155,12 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
     using batchnorm::detail::kFewChannels;
     using batchnorm::detail::kSegments;
     A s0[kSegments][kFewChannels], s1[kSegments][kFewChannels];
-    batchnorm::detail::for_each_segment(v, S, [&](Index s, const View& sub, Index off) {
-      auto sp = batchnorm::detail::make_plan<T>(sub);
-      sp.stream = plan.stream;
+    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index s, const View& sub, const auto& sp, Index off) {
       pass(sub, sp, off, 0, sub.channels, s0[s], s1[s]);
     });
     if (dweight || dbias) {
-      for (Index c = 0; c < v.channels; ++c) {
-        A a0 = 0, a1 = 0;
-        for (Index s = 0; s < S; ++s) a0 += s0[s][c], a1 += s1[s][c];
-        scratch.sum_dy[c] = a0, scratch.sum_dy_d[c] = a1;
-      }
+      batchnorm::detail::add_segments(S, v.channels, s0, scratch.sum_dy);
+      batchnorm::detail::add_segments(S, v.channels, s1, scratch.sum_dy_d);
       detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
     }
   } else {

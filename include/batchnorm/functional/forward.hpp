@@ -46,10 +46,8 @@ void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& p
 template <class T, class CoefOf>
 void normalize_all(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
   const auto plan = batchnorm::detail::make_plan<T>(v);
-  if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
-    batchnorm::detail::for_each_segment(v, S, [&](Index, const View& sub, Index off) {
-      auto sp = batchnorm::detail::make_plan<T>(sub);
-      sp.stream = plan.stream;
+  if (batchnorm::detail::segments_of(v) > 1) {
+    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
       normalize_group(x + off, sub, sp, 0, sub.channels, coef_of, y + off);
     });
   } else {
@@ -144,7 +142,9 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
       save_invstd[c] = invstd_of(var, eps);
     }
   };
-  const auto coef = [&](Index c) { return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c); };
+  const auto coef = [&](Index c) {
+    return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c);
+  };
   if (batchnorm::detail::segments_of(v) > 1) {
     // Few channels: statistics, then the normalize pass, each split over the batch.
     batchnorm::detail::moments(x, v, save_mean, save_invstd);
