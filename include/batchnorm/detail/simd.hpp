@@ -171,16 +171,36 @@ struct Simd {
 };
 #endif
 
-/// Sum of the lanes of a wide vector, pairwise in a fixed order.
+/// Sum of the lanes of a wide vector, pairwise in a fixed order: with a[0..n) its lanes,
+///   for (width = n / 2; width > 0; width /= 2) a[j] += a[j + width] for j < width;  a[0]
+/// In registers (halves added) where the ISA is known; the same additions in the same order.
 template <class T>
 inline functional::accum_t<T> hsum(const typename Simd<T>::wide& w) noexcept {
   using A = functional::accum_t<T>;
+#if defined(__GNUC__) && (defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__))
+  static_assert(std::is_same_v<A, double>, "the register reduction is written for double sums");
+  auto v = w.p[0];
+  for (int k = 1; k < Simd<T>::parts; ++k) v += w.p[k];  // parts == 2: the first halving
+#if defined(__AVX512F__)
+  const __m512d v8 = reinterpret_cast<__m512d>(v);
+  const __m256d v4 = _mm512_castpd512_pd256(v8) + _mm512_extractf64x4_pd(v8, 1);
+#elif defined(__AVX__)
+  const __m256d v4 = reinterpret_cast<__m256d>(v);
+#endif
+#if defined(__AVX__)
+  const __m128d v2 = _mm256_castpd256_pd128(v4) + _mm256_extractf128_pd(v4, 1);
+#else
+  const __m128d v2 = reinterpret_cast<__m128d>(v);
+#endif
+  return v2[0] + v2[1];
+#else
   constexpr int n = Simd<T>::lanes;
   A a[n];
   Simd<T>::lanes_of(w, a);
   for (int width = n / 2; width > 0; width /= 2)
     for (int j = 0; j < width; ++j) a[j] += a[j + width];
   return a[0];
+#endif
 }
 
 /// True if p is aligned for a non-temporal vector store.
