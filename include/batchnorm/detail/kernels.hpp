@@ -52,6 +52,7 @@ inline constexpr Index kWideBlockRows = 16;   ///< the same for rows of a vector
 inline constexpr Index kSumRows = 64;         ///< rows per block of the lane path's gradient sums
 inline constexpr Index kApplyRows = 256;      ///< rows per block of the lane path's elementwise pass
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
+inline constexpr Index kShortGroupBytes = 1 << 14;  ///< bytes of short channels per row-path group (L1)
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
@@ -235,6 +236,10 @@ constexpr bool wide_rows(const View& v) noexcept {
   return v.inner >= simd::Simd<T>::lanes;
 }
 
+/// Short channels on the row path: a channel is one chunk (at most kChunk values), so a group
+/// holds several (short_moments) to overlap their per-channel latencies.
+inline bool short_channels(const View& v) noexcept { return v.outer * v.inner <= kChunk; }
+
 /// Channels per lane tile: whole channels, at most kLanes lanes.
 inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
 
@@ -250,7 +255,10 @@ Plan make_plan(const View& v) noexcept {
   p.parallel = threads > 1;
   p.stream = v.size() * static_cast<Index>(sizeof(T)) >= kStreamBytes;
   if (p.row) {
-    p.group = 1;
+    // One channel a group; short channels: about kShortGroupBytes of them, at least one group
+    // per thread.
+    const Index bytes = std::max<Index>(1, v.outer * v.inner * static_cast<Index>(sizeof(T)));
+    p.group = short_channels(v) ? std::max<Index>(1, std::min(kShortGroupBytes / bytes, (C + threads - 1) / threads)) : 1;
   } else {
     const Index ct = tile_channels(v);
     const Index tiles = (C + ct - 1) / ct;
@@ -347,18 +355,18 @@ inline A m2_about_mean(A sum_sq_about_head, A n, A u) noexcept {
   return m2 < A(0) ? A(0) : m2;
 }
 
-/// Two-pass moments of the rows x[o * stride + i], o < rows, i < len (one chunk, in L1), shifted
-/// by its first value s:
-///   mean = s + sum (x - s) / (rows * len),   M2 = sum (x - head)^2 - n * (mean - head)^2
-/// with head = mean rounded to T (m2_about_mean); x - head is exact when x is within a factor 2
-/// of head (Sterbenz). rel = mean - origin. A constant chunk gives mean == s exactly, M2 == 0.
-template <class T, class A>
-inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A origin, A& rel, A& m2) noexcept {
-  const T s = x[0];
+/// sum (x - s) over the rows x[o * stride + i], o < rows, i < len (one chunk), in A.
+template <class T>
+inline accum_t<T> chunk_sum_about(const T* x, Index stride, Index rows, Index len, T s) noexcept {
   SpanSum<T> sum;
   for (Index o = 0; o < rows; ++o) sum.add(x + o * stride, len, [s](auto xv) { return xv - s; });
-  rel = (static_cast<A>(s) - origin) + sum.result() / static_cast<A>(rows * len);
-  const A mean = origin + rel;
+  return sum.result();
+}
+
+/// M2 = sum (x - mean)^2 of a chunk (laid out as in chunk_sum_about) of known mean, evaluated
+/// about head = mean rounded to T: sum (x - head)^2 - n * (mean - head)^2 (m2_about_mean).
+template <class T, class A>
+inline A chunk_m2(const T* x, Index stride, Index rows, Index len, A mean) noexcept {
   const T head = static_cast<T>(mean);
   SpanSum<T> sq;
   for (Index o = 0; o < rows; ++o)
@@ -366,7 +374,19 @@ inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A ori
       const auto e = xv - head;
       return e * e;
     });
-  m2 = m2_about_mean(sq.result(), static_cast<A>(rows * len), mean - static_cast<A>(head));
+  return m2_about_mean(sq.result(), static_cast<A>(rows * len), mean - static_cast<A>(head));
+}
+
+/// Two-pass moments of the rows x[o * stride + i], o < rows, i < len (one chunk, in L1), shifted
+/// by its first value s:
+///   mean = s + sum (x - s) / (rows * len),   M2 = sum (x - head)^2 - n * (mean - head)^2
+/// with head = mean rounded to T (chunk_m2); x - head is exact when x is within a factor 2 of
+/// head (Sterbenz). rel = mean - origin. A constant chunk gives mean == s exactly, M2 == 0.
+template <class T, class A>
+inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A origin, A& rel, A& m2) noexcept {
+  const T s = x[0];
+  rel = (static_cast<A>(s) - origin) + chunk_sum_about(x, stride, rows, len, s) / static_cast<A>(rows * len);
+  m2 = chunk_m2(x, stride, rows, len, origin + rel);
 }
 
 /// One-pass moments of a chunk (laid out as in chunk_moments) about c, a value close to its mean
@@ -426,6 +446,27 @@ void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexce
     for (Index o0 = 0; o0 < O; o0 += rows) chunk(o0, std::min(O, o0 + rows), 0, I);
   }
   acc.mean += origin;
+}
+
+/// Row path, short channels (short_channels(v): a channel is one chunk): the moments of
+/// channels [c0, c0 + nc) exactly as channel_moments gives them (its first chunk:
+/// mean = s + sum (x - s) / m with s the channel's first value, then chunk_m2), but each pass
+/// runs over every channel of the group before the next pass starts, so that the channels'
+/// chains (sum, reduction, division, rounding) overlap instead of running one after another.
+template <class T, class A>
+void short_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
+  const Index I = v.inner, O = v.outer, stride = v.channels * I;
+  if (I == 0 || O == 0) {
+    for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
+    return;
+  }
+  const A m = static_cast<A>(O * I);
+  for (Index k = 0; k < nc; ++k) {
+    const T* base = x + (c0 + k) * I;
+    const A origin = static_cast<A>(base[0]);
+    mean[k] = origin + (chunk_sum_about(base, stride, O, I, base[0]) / m);
+  }
+  for (Index k = 0; k < nc; ++k) m2[k] = chunk_m2(x + (c0 + k) * I, stride, O, I, mean[k]);
 }
 
 /// out[l] += acc[l] in A for l < n: the flush of per-lane partial sums.
@@ -580,6 +621,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
 template <class T, class A>
 void group_moments(const T* x, const View& v, const Plan& p, Index c0, Index nc, A* mean, A* m2) noexcept {
   if (!p.row) return lane_moments(x, v, c0, nc, mean, m2);
+  if (short_channels(v)) return short_moments(x, v, c0, nc, mean, m2);
   for (Index k = 0; k < nc; ++k) {
     Moments<A> acc;
     channel_moments(x, v, c0 + k, acc);
