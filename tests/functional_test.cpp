@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -38,7 +39,12 @@ template <class T>
 struct Buffer {
   std::vector<T> storage;
   T* data;
-  Buffer(std::size_t n, std::size_t misalign) : storage(n + misalign + 1), data(storage.data() + misalign) {}
+  // data: misalign values past a 64-byte boundary (vector and cache-line aligned for 0).
+  Buffer(std::size_t n, std::size_t misalign) : storage(n + misalign + 64 / sizeof(T)), data(nullptr) {
+    void* p = storage.data();
+    std::size_t space = storage.size() * sizeof(T);
+    data = static_cast<T*>(std::align(64, sizeof(T), p, space)) + misalign;
+  }
   std::vector<T> values(std::size_t n) const { return std::vector<T>(data, data + n); }
 };
 
@@ -152,8 +158,10 @@ TEMPLATE_TEST_CASE("outputs of 4 MiB or more (non-temporal stores): aligned, mis
                    float, double) {
   using T = TestType;
   // Each view holds at least 4 MiB of floats: the row path, wide rows whose rows are not a whole
-  // number of vectors (a vector straddles two channels), and the lane path.
-  for (const View v : {View{16, 8, 9000}, View{64, 90, 196}, View{4000, 9, 33}, View{20000, 60, 1}}) {
+  // number of vectors (a vector straddles two channels), the lane path, and its narrow tiles
+  // (rows of a few whole vectors: constants and sums in registers, rows streamed as one run).
+  for (const View v :
+       {View{16, 8, 9000}, View{64, 90, 196}, View{4000, 9, 33}, View{20000, 60, 1}, View{40000, 32, 1}}) {
     for (const std::size_t misalign : {0u, 3u}) {
       for (const bool in_place : {false, true}) {
         INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << "), misalign " << misalign

@@ -53,6 +53,7 @@ inline constexpr Index kSumRows = 64;         ///< rows per block of the lane pa
 inline constexpr Index kApplyRows = 256;      ///< rows per block of the lane path's elementwise pass
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
 inline constexpr Index kShortGroupBytes = 1 << 14;  ///< bytes of short channels per row-path group (L1)
+inline constexpr int kNarrowVectors = 4;       ///< lane tiles of at most this many vectors keep sums in registers
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
@@ -506,12 +507,75 @@ inline void lane_partial_sums(const T* x, Index stride, Index r0, Index r1, Inde
   }
 }
 
+/// The nl lanes of a narrow tile (at most kNarrowVectors vectors) as NV vectors, the last one
+/// partial when nl is not a multiple of the vector width: loads and stores of vector j of a row.
+template <class T, int NV>
+struct NarrowLanes {
+  using S = simd::Simd<T>;
+  static constexpr Index W = S::lanes;
+  int last;  // lanes of vector NV - 1: 1..W
+  explicit NarrowLanes(Index nl) noexcept : last(static_cast<int>(nl - (NV - 1) * W)) {}
+  typename S::vec load(const T* p, int j) const noexcept {
+    return j < NV - 1 || last == W ? S::load(p + j * W) : S::load_n(p + j * W, last);
+  }
+  template <class V>
+  void store(T* p, int j, V v) const noexcept {
+    if (j < NV - 1 || last == W) S::store(p + j * W, v);
+    else S::store_n(p + j * W, v, last);
+  }
+};
+
+/// Calls f(std::integral_constant<int, NV>{}) for NV = the vectors of nl lanes, if there are at
+/// most kNarrowVectors; returns false (and calls nothing) otherwise.
+template <class T, class F>
+inline bool narrow_dispatch(Index nl, F f) noexcept {
+  constexpr Index W = simd::Simd<T>::lanes;
+  switch ((nl + W - 1) / W) {
+    case 1: return f(std::integral_constant<int, 1>{}), true;
+    case 2: return f(std::integral_constant<int, 2>{}), true;
+    case 3: return f(std::integral_constant<int, 3>{}), true;
+    case 4: return f(std::integral_constant<int, 4>{}), true;
+    default: return false;
+  }
+}
+
+/// lane_sums for a narrow tile (nl lanes in NV vectors): the same additions in the same order
+/// (pairs of rows, kFlush rows per lane in T, then into A), with every partial sum in registers
+/// instead of lane arrays, whose store-to-load round trip each row would chain the rows.
+template <class T, int NV, class F>
+void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out,
+                      F f) noexcept {
+  using S = simd::Simd<T>;
+  const NarrowLanes<T, NV> L(nl);
+  typename S::vec av[NV], bv[NV], t[NV] = {};
+  typename S::wide w[NV];
+  for (int j = 0; j < NV; ++j) av[j] = L.load(a, j), bv[j] = L.load(b, j), w[j] = typename S::wide{};
+  for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+    const Index r1 = std::min(rows, r0 + kFlush);
+    for (Index r = r0; r < r1; r += 2) {
+      const T* x0 = x + r * stride;
+      const bool pair = r + 1 < r1, first = r == r0;
+      for (int j = 0; j < NV; ++j) {
+        auto u = f(L.load(x0, j), av[j], bv[j]);
+        if (pair) u += f(L.load(x0 + stride, j), av[j], bv[j]);
+        t[j] = first ? u : t[j] + u;
+      }
+    }
+    for (int j = 0; j < NV; ++j) S::accumulate(w[j], t[j]);
+  }
+  alignas(64) accum_t<T> lanes[NV * S::lanes];
+  for (int j = 0; j < NV; ++j) S::lanes_of(w[j], lanes + j * S::lanes);
+  for (Index l = 0; l < nl; ++l) out[l] = lanes[l];
+}
+
 /// Per-lane sums over `rows` rows (stride apart) of nl lanes:
 ///   out[l] = sum_r f(x[r][l], a[l], b[l])
 /// Rows are read one after the other (never down a column: row strides of 4 KiB would alias in
 /// the L1 sets); kFlush rows are summed in T per lane, then added to out in A.
 template <class T, class F>
 void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out, F f) noexcept {
+  if (narrow_dispatch<T>(nl, [&](auto nv) { narrow_lane_sums<T, decltype(nv)::value>(x, stride, rows, nl, a, b, out, f); }))
+    return;
   alignas(64) T acc[kLanes];
   for (Index l = 0; l < nl; ++l) out[l] = 0;
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
@@ -654,6 +718,82 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 // ---------------------------------------------------------------------------------------------
 // Gradient sums.
 
+/// Per-lane gradient sums of rows [r0, r1) (stride apart) of nl lanes, in T, rows two at a time:
+///   acc0[l] = sum_r dy[r][l],   acc1[l] = sum_r dy[r][l] * (x[r][l] - head[l])
+template <class T>
+inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
+                           T* acc0, T* acc1) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  for (Index r = r0; r < r1; r += 2) {
+    const T* xr = x + r * stride;
+    const T* dr = dy + r * stride;
+    const bool pair = r + 1 < r1, first = r == r0;
+    Index l = 0;
+    for (; l + W <= nl; l += W) {
+      const auto h = S::load(head + l);
+      auto dyv = S::load(dr + l);
+      auto dv = dyv * (S::load(xr + l) - h);
+      if (pair) {
+        const auto dy1 = S::load(dr + stride + l);
+        dyv += dy1;
+        dv += dy1 * (S::load(xr + stride + l) - h);
+      }
+      S::store(acc0 + l, first ? dyv : S::load(acc0 + l) + dyv);
+      S::store(acc1 + l, first ? dv : S::load(acc1 + l) + dv);
+    }
+    for (; l < nl; ++l) {
+      T dyv = dr[l], dv = dyv * (xr[l] - head[l]);
+      if (pair) dyv += dr[stride + l], dv += dr[stride + l] * (xr[stride + l] - head[l]);
+      acc0[l] = first ? dyv : acc0[l] + dyv;
+      acc1[l] = first ? dv : acc1[l] + dv;
+    }
+  }
+}
+
+/// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
+/// s0[l], s1[l] (A) exactly as lane_grad_rows and flush_lanes do it (pairs of rows, kFlush rows
+/// in T, then s += in A, in the same order), with the T and the A sums in registers: the lane
+/// arrays' store-to-load round trips would chain the rows and the flushes.
+template <class T, int NV>
+void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index nl, const T* head,
+                       accum_t<T>* s0, accum_t<T>* s1) noexcept {
+  using S = simd::Simd<T>;
+  using A = accum_t<T>;
+  constexpr Index W = S::lanes;
+  const NarrowLanes<T, NV> L(nl);
+  typename S::vec h[NV], t0[NV] = {}, t1[NV] = {};
+  typename S::wide w0[NV], w1[NV];
+  alignas(64) A lanes0[NV * W] = {}, lanes1[NV * W] = {};
+  std::copy(s0, s0 + nl, lanes0), std::copy(s1, s1 + nl, lanes1);
+  for (int j = 0; j < NV; ++j) {
+    h[j] = L.load(head, j);
+    std::memcpy(&w0[j], lanes0 + j * W, sizeof w0[j]), std::memcpy(&w1[j], lanes1 + j * W, sizeof w1[j]);
+  }
+  for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+    const Index r1 = std::min(rows, r0 + kFlush);
+    for (Index r = r0; r < r1; r += 2) {
+      const T* xr = x + r * stride;
+      const T* dr = dy + r * stride;
+      const bool pair = r + 1 < r1, first = r == r0;
+      for (int j = 0; j < NV; ++j) {
+        auto dyv = L.load(dr, j);
+        auto dv = dyv * (L.load(xr, j) - h[j]);
+        if (pair) {
+          const auto dy1 = L.load(dr + stride, j);
+          dyv += dy1;
+          dv += dy1 * (L.load(xr + stride, j) - h[j]);
+        }
+        t0[j] = first ? dyv : t0[j] + dyv;
+        t1[j] = first ? dv : t1[j] + dv;
+      }
+    }
+    for (int j = 0; j < NV; ++j) S::accumulate(w0[j], t0[j]), S::accumulate(w1[j], t1[j]);
+  }
+  for (int j = 0; j < NV; ++j) S::lanes_of(w0[j], lanes0 + j * W), S::lanes_of(w1[j], lanes1 + j * W);
+  std::copy(lanes0, lanes0 + nl, s0), std::copy(lanes1, lanes1 + nl, s1);
+}
+
 /// Sums over the channels of a group of dy and of dy * d, d = x - mean_c, into sum_dy[0..nc),
 /// sum_dy_d[0..nc):
 ///   sum_dy = sum dy,   sum_dy_d = sum dy * d = sum dy * (x - head_c) - tail_c * sum_dy
@@ -689,7 +829,6 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     return remove_tails();
   }
   using S = simd::Simd<T>;
-  constexpr Index W = S::lanes;
   for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
   if (wide_rows<T>(v)) {
     // Wide rows: chunks of channels, one DualSpanSum a channel, blocks read along the rows.
@@ -734,32 +873,15 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     }
     A* s0 = sum_dy + (t0 - c0);
     A* s1 = sum_dy_d + (t0 - c0);
+    const T* xb = x + (o0 * C + t0) * I;
+    const T* db = dy + (o0 * C + t0) * I;
+    if (I == 1 && narrow_dispatch<T>(nl, [&](auto nv) {
+          narrow_grad_block<T, decltype(nv)::value>(xb, db, stride, rows, nl, head, s0, s1);
+        }))
+      return after(o0, rows, t0, nt);
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
-      for (Index r = r0; r < r1; r += 2) {
-        const T* xr = x + (r * C + t0) * I;
-        const T* dr = dy + (r * C + t0) * I;
-        const bool pair = r + 1 < r1, first = r == r0;
-        Index l = 0;
-        for (; l + W <= nl; l += W) {
-          const auto h = S::load(head + l);
-          auto dyv = S::load(dr + l);
-          auto dv = dyv * (S::load(xr + l) - h);
-          if (pair) {
-            const auto dy1 = S::load(dr + stride + l);
-            dyv += dy1;
-            dv += dy1 * (S::load(xr + stride + l) - h);
-          }
-          S::store(acc0 + l, first ? dyv : S::load(acc0 + l) + dyv);
-          S::store(acc1 + l, first ? dv : S::load(acc1 + l) + dv);
-        }
-        for (; l < nl; ++l) {
-          T dyv = dr[l], dv = dyv * (xr[l] - head[l]);
-          if (pair) dyv += dr[stride + l], dv += dr[stride + l] * (xr[stride + l] - head[l]);
-          acc0[l] = first ? dyv : acc0[l] + dyv;
-          acc1[l] = first ? dv : acc1[l] + dv;
-        }
-      }
+      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, acc0, acc1);
       if (I == 1) {
         flush_lanes(acc0, s0, nt);
         flush_lanes(acc1, s1, nt);
@@ -830,6 +952,31 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
   });
 }
 
+/// region_apply on a narrow tile (nl lanes in NV vectors): the lane constants stay in registers
+/// for all `rows` rows (stride apart). Non-temporal stores when streaming and the rows are one
+/// aligned run of whole vectors (the tile is the whole row); plain stores otherwise.
+template <class T, bool HasU, int NV, class F>
+void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Index nl, const LaneCoefs<T>& k,
+                  bool stream, F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  const NarrowLanes<T, NV> L(nl);
+  typename S::vec c[5][NV];
+  for (int m = 0; m < 5; ++m)
+    for (int j = 0; j < NV; ++j) c[m][j] = L.load(k.k[m], j);
+  const bool nt_stores = W > 1 && stream && stride == nl && nl % W == 0 && simd::stream_aligned(out);
+  for (Index r = 0; r < rows; ++r) {
+    const T* xr = x + r * stride;
+    T* o = out + r * stride;
+    for (int j = 0; j < NV; ++j) {
+      const auto v = f(L.load(xr, j), HasU ? L.load(u + r * stride, j) : S::zero(), c[0][j], c[1][j], c[2][j], c[3][j],
+                       c[4][j]);
+      if (nt_stores) simd::stream<T>(o + j * W, v);
+      else L.store(o, j, v);
+    }
+  }
+}
+
 /// out[i] = f(x[i], u[i], constants of channel i / I) for i < nt * I: one row of nt channels of
 /// I >= W values each, as one run (so that non-temporal stores cover whole aligned vectors across
 /// channel boundaries). A vector that straddles a boundary is computed with both channels'
@@ -883,6 +1030,7 @@ void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, In
     return;
   }
   alignas(64) T k[5][kLanes];
+  const Index nl = nt * I;
   for (Index j = 0; j < nt; ++j) {
     const Coef<T> cf = coef_of(t0 + j);
     for (Index i = 0; i < I; ++i) {
@@ -891,7 +1039,12 @@ void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, In
     }
   }
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
-  const Index nl = nt * I;
+  const T* ub = HasU ? u + (o0 * C + t0) * I : nullptr;
+  if (narrow_dispatch<T>(nl, [&](auto nv) {
+        narrow_apply<T, HasU, decltype(nv)::value>(x + (o0 * C + t0) * I, ub, out + (o0 * C + t0) * I, C * I, rows,
+                                                   nl, lanes, stream, f);
+      }))
+    return;
   for (Index o = o0; o < o0 + rows; ++o) {
     const Index off = (o * C + t0) * I;
     apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nl, stream, lanes, f);
