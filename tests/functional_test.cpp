@@ -154,14 +154,16 @@ TEMPLATE_TEST_CASE("forward and backward agree with a long double reference on e
   }
 }
 
-TEMPLATE_TEST_CASE("outputs of 4 MiB or more (non-temporal stores): aligned, misaligned, in place", "[functional][naive]",
+TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misaligned, in place", "[functional][naive]",
                    float, double) {
   using T = TestType;
-  // Each view holds at least 4 MiB of floats: the row path, wide rows whose rows are not a whole
-  // number of vectors (a vector straddles two channels), the lane path, and its narrow tiles
-  // (rows of a few whole vectors: constants and sums in registers, rows streamed as one run).
+  // Each view holds at least 10 MiB of floats (forward passes stream from 10 MiB, backward from
+  // 4 MiB): the row path, wide rows whose rows are not a whole number of vectors (a vector
+  // straddles two channels, and two rows: a block of whole rows is one run), the lane path with
+  // rows of a partial vector, and its narrow tiles (rows of a few whole vectors: constants and
+  // sums in registers).
   for (const View v :
-       {View{16, 8, 9000}, View{64, 90, 196}, View{4000, 9, 33}, View{20000, 60, 1}, View{40000, 32, 1}}) {
+       {View{40, 8, 9000}, View{150, 90, 196}, View{9000, 9, 33}, View{45000, 60, 1}, View{85000, 32, 1}}) {
     for (const std::size_t misalign : {0u, 3u}) {
       for (const bool in_place : {false, true}) {
         INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << "), misalign " << misalign

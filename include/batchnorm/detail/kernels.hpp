@@ -57,7 +57,13 @@ inline constexpr int kNarrowVectors = 4;       ///< lane tiles of at most this m
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
-inline constexpr Index kStreamBytes = 1 << 22;  ///< outputs this large bypass the caches
+// Outputs this large bypass the caches (non-temporal stores): in a forward pass (x in, y out)
+// from 10 MiB, in a backward pass (x and dy in, dx out) from 4 MiB. Below, the tensors stay in a
+// 32 MiB L3 from one call to the next and plain stores are faster; above, streaming wins
+// (measured: forward 1.2-2x better plain at 1-9 MiB, 10% better streamed at 12.8 MiB; backward
+// streamed 7-15% better from 4 MiB).
+inline constexpr Index kStreamBytes = 1 << 22;
+inline constexpr Index kStreamBytesForward = 10 << 20;
 inline constexpr Index kParallelMin = 1 << 16;  ///< fewer values than this run on one thread
 inline constexpr Index kFewChannels = 4;        ///< fewer channels than this: threads split the batch
 inline constexpr Index kSegments = 8;           ///< batch segments when they do
@@ -248,13 +254,13 @@ inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, k
 /// time, so memory is read in order) over a range of channels per group: one range per thread,
 /// whole tiles each. Lanes are independent, so the partition never changes a result.
 template <class T>
-Plan make_plan(const View& v) noexcept {
+Plan make_plan(const View& v, Index stream_bytes = kStreamBytes) noexcept {
   Plan p;
   const Index C = v.channels;
   p.row = v.inner >= kRowMin || v.outer <= 1;
   const int threads = v.size() >= kParallelMin ? max_threads() : 1;
   p.parallel = threads > 1;
-  p.stream = v.size() * static_cast<Index>(sizeof(T)) >= kStreamBytes;
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) >= stream_bytes;
   if (p.row) {
     // One channel a group; short channels: about kShortGroupBytes of them, at least one group
     // per thread.
@@ -590,13 +596,16 @@ void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const
 template <class A>
 void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
   if (I == 1) return;
+  // The factors, once for all channels (I < kLanes here: rows of a vector or more don't fold).
+  A f1[kLanes], f2[kLanes];
+  for (Index i = 1; i < I; ++i)
+    f1[i] = A(1) / static_cast<A>(i + 1), f2[i] = static_cast<A>(i * rows) / static_cast<A>(i + 1);
   for (Index k = 0; k < nt; ++k) {
     A mean = bmean[k * I], m2 = bm2[k * I];
     for (Index i = 1; i < I; ++i) {
-      const A f1 = A(1) / static_cast<A>(i + 1), f2 = static_cast<A>(i * rows) / static_cast<A>(i + 1);
       const A delta = bmean[k * I + i] - mean;
-      mean += delta * f1;
-      m2 += bm2[k * I + i] + delta * delta * f2;
+      mean += delta * f1[i];
+      m2 += bm2[k * I + i] + delta * delta * f2[i];
     }
     bmean[k] = mean, bm2[k] = m2;
   }
@@ -858,9 +867,11 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     return remove_tails();
   }
   // Lane path: row blocks in order, rows one after the other; per tile, kFlush rows summed per
-  // lane in T, then folded into the channels' sums in A.
+  // lane in T, then added to the channels' sums in A (inner == 1) or to the lanes' sums in A,
+  // which join the channels' at the end of the block (inner > 1).
   const Index stride = C * I;
   alignas(64) T head[kLanes], acc0[kLanes], acc1[kLanes];
+  alignas(64) A l0[kLanes], l1[kLanes];  // inner > 1: a block's sums per lane, in A
   Index coef_tile = -1;
   for_each_block_tile(v, c0, nc, kSumRows, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
@@ -875,6 +886,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     A* s1 = sum_dy_d + (t0 - c0);
     const T* xb = x + (o0 * C + t0) * I;
     const T* db = dy + (o0 * C + t0) * I;
+    if (I > 1) std::fill(l0, l0 + nl, A(0)), std::fill(l1, l1 + nl, A(0));
     if (I == 1 && narrow_dispatch<T>(nl, [&](auto nv) {
           narrow_grad_block<T, decltype(nv)::value>(xb, db, stride, rows, nl, head, s0, s1);
         }))
@@ -882,14 +894,12 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
       lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, acc0, acc1);
-      if (I == 1) {
-        flush_lanes(acc0, s0, nt);
-        flush_lanes(acc1, s1, nt);
-      } else {
-        for (Index k = 0; k < nt; ++k)
-          for (Index i = 0; i < I; ++i) s0[k] += static_cast<A>(acc0[k * I + i]), s1[k] += static_cast<A>(acc1[k * I + i]);
-      }
+      flush_lanes(acc0, I == 1 ? s0 : l0, nl);
+      flush_lanes(acc1, I == 1 ? s1 : l1, nl);
     }
+    if (I > 1)  // the block's lane sums into the channels', lane by lane
+      for (Index k = 0; k < nt; ++k)
+        for (Index i = 0; i < I; ++i) s0[k] += l0[k * I + i], s1[k] += l1[k * I + i];
     after(o0, rows, t0, nt);
   });
   remove_tails();
@@ -977,19 +987,20 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
   }
 }
 
-/// out[i] = f(x[i], u[i], constants of channel i / I) for i < nt * I: one row of nt channels of
-/// I >= W values each, as one run (so that non-temporal stores cover whole aligned vectors across
-/// channel boundaries). A vector that straddles a boundary is computed with both channels'
-/// constants and blended (I >= W: at most one boundary a vector). Heads and tails as apply_span.
+/// out[i] = f(x[i], u[i], constants of channel (i / I) mod nt) for i < rows * nt * I: `rows`
+/// contiguous rows of nt channels of I >= W values each, as one run (so that non-temporal stores
+/// cover whole aligned vectors across channel and row boundaries). A vector that straddles a
+/// boundary is computed with both channels' constants and blended (I >= W: at most one boundary
+/// a vector). Heads and tails as apply_span.
 template <class T, bool HasU, class F>
-inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, const Coef<T>* cfs, bool stream,
+inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, Index rows, const Coef<T>* cfs, bool stream,
                       F f) noexcept {
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
-  const Index n = nt * I;
+  const Index n = rows * nt * I;
   Index j = 0, end = I;  // channel of the current position, and where it ends
   store_span(out, n, stream, [&](Index i, int r) {
-    while (i >= end) ++j, end += I;
+    while (i >= end) j = j + 1 == nt ? 0 : j + 1, end += I;
     const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
     const auto xv = ld(x + i);
     const auto uv = HasU ? ld(u + i) : S::zero();
@@ -997,10 +1008,28 @@ inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, const C
     auto v = f(xv, uv, a.head, a.tail, a.p, a.q, a.r);
     const Index width = r ? r : W;
     if (i + width > end) {
-      const Coef<T>& b = cfs[j + 1];
+      const Coef<T>& b = cfs[j + 1 == nt ? 0 : j + 1];
       v = S::blend_first(v, f(xv, uv, b.head, b.tail, b.p, b.q, b.r), static_cast<int>(end - i));
     }
     return v;
+  });
+}
+
+/// out[i] = f(x[i], u[i], constants of lane i mod nl) for i < n: n / nl contiguous rows of nl
+/// lanes as one run, so that non-temporal stores cover whole aligned vectors across row
+/// boundaries (rows that are not whole vectors would otherwise leave a partial vector at each
+/// end of every row). k's arrays hold nl + W - 1 lanes or more, lane l >= nl repeating lane
+/// l mod nl, so that a vector straddling two rows loads its constants in one piece.
+template <class T, bool HasU, class F>
+inline void apply_lane_run(const T* x, const T* u, T* out, Index n, Index nl, const LaneCoefs<T>& k, bool stream,
+                           F f) noexcept {
+  using S = simd::Simd<T>;
+  Index lane = 0, pos = 0;  // lane of position pos
+  store_span(out, n, stream, [&](Index i, int r) {
+    for (lane += i - pos, pos = i; lane >= nl;) lane -= nl;
+    const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
+    return f(ld(x + i), HasU ? ld(u + i) : S::zero(), S::load(k.k[0] + lane), S::load(k.k[1] + lane),
+             S::load(k.k[2] + lane), S::load(k.k[3] + lane), S::load(k.k[4] + lane));
   });
 }
 
@@ -1020,16 +1049,22 @@ void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, In
     }
     return;
   }
+  // Tiles of every channel: the rows are contiguous, one run in memory.
+  const bool whole = t0 == 0 && nt == C;
+  const Index off0 = (o0 * C + t0) * I;
+  const T* ub = HasU ? u + off0 : nullptr;
   if (wide_rows<T>(v)) {  // nt <= kWideChannels (for_each_chunk_block)
     Coef<T> cfs[kWideChannels];
     for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
+    if (whole) return apply_run<T, HasU>(x + off0, ub, out + off0, I, nt, rows, cfs, stream, f);
     for (Index o = o0; o < o0 + rows; ++o) {
       const Index off = (o * C + t0) * I;
-      apply_run<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, nt, cfs, stream, f);
+      apply_run<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, nt, 1, cfs, stream, f);
     }
     return;
   }
-  alignas(64) T k[5][kLanes];
+  constexpr Index W = simd::Simd<T>::lanes;
+  alignas(64) T k[5][kLanes + W];
   const Index nl = nt * I;
   for (Index j = 0; j < nt; ++j) {
     const Coef<T> cf = coef_of(t0 + j);
@@ -1039,12 +1074,19 @@ void region_apply(const T* x, const T* u, T* out, const View& v, bool stream, In
     }
   }
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
-  const T* ub = HasU ? u + (o0 * C + t0) * I : nullptr;
-  if (narrow_dispatch<T>(nl, [&](auto nv) {
-        narrow_apply<T, HasU, decltype(nv)::value>(x + (o0 * C + t0) * I, ub, out + (o0 * C + t0) * I, C * I, rows,
-                                                   nl, lanes, stream, f);
+  // Rows of whole vectors: row by row. Otherwise, with contiguous rows, one run (per-row
+  // partial vectors next to non-temporal stores cost several times the pass), unless the
+  // stores are plain and the tile is narrow (constants in registers).
+  const bool run = whole && nl % W != 0 && W > 1;
+  if (!(run && stream) && narrow_dispatch<T>(nl, [&](auto nv) {
+        narrow_apply<T, HasU, decltype(nv)::value>(x + off0, ub, out + off0, C * I, rows, nl, lanes, stream, f);
       }))
     return;
+  if (run) {
+    for (int m = 0; m < 5; ++m)
+      for (Index l = nl; l < nl + W; ++l) k[m][l] = k[m][l % nl];
+    return apply_lane_run<T, HasU>(x + off0, ub, out + off0, rows * nl, nl, lanes, stream, f);
+  }
   for (Index o = o0; o < o0 + rows; ++o) {
     const Index off = (o * C + t0) * I;
     apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nl, stream, lanes, f);

@@ -45,7 +45,7 @@ void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& p
 /// normalize_group over every group of the view, on threads when the plan says so.
 template <class T, class CoefOf>
 void normalize_all(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
-  const auto plan = batchnorm::detail::make_plan<T>(v);
+  const auto plan = batchnorm::detail::make_plan<T>(v, batchnorm::detail::kStreamBytesForward);
   if (batchnorm::detail::segments_of(v) > 1) {
     batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
       normalize_group(x + off, sub, sp, 0, sub.channels, coef_of, y + off);
@@ -152,7 +152,7 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
     detail_forward::normalize_all(x, v, coef, y);
     return;
   }
-  const auto plan = batchnorm::detail::make_plan<T>(v);
+  const auto plan = batchnorm::detail::make_plan<T>(v, batchnorm::detail::kStreamBytesForward);
   batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
     batchnorm::detail::group_moments(x, v, plan, c0, nc, save_mean + c0, save_invstd + c0);
     finish(c0, nc);
