@@ -486,33 +486,6 @@ inline void flush_lanes(const T* acc, accum_t<T>* out, Index n) noexcept {
   for (; l < n; ++l) out[l] += static_cast<accum_t<T>>(acc[l]);
 }
 
-/// acc[l] = f(row r0) [+ f(row r0 + 1)], then acc[l] += f(row r) + f(row r + 1) for the other
-/// rows of [r0, r1), per lane (rows two at a time: half the loads and stores of acc).
-/// f(x, a, b) gets the lane constants a[l], b[l].
-template <class T, class F>
-inline void lane_partial_sums(const T* x, Index stride, Index r0, Index r1, Index nl, const T* a, const T* b, T* acc,
-                              F f) noexcept {
-  using S = simd::Simd<T>;
-  constexpr Index W = S::lanes;
-  for (Index r = r0; r < r1; r += 2) {
-    const T* x0 = x + r * stride;
-    const T* x1 = x0 + stride;
-    const bool pair = r + 1 < r1, first = r == r0;
-    Index l = 0;
-    for (; l + W <= nl; l += W) {
-      const auto av = S::load(a + l), bv = S::load(b + l);
-      auto t = f(S::load(x0 + l), av, bv);
-      if (pair) t += f(S::load(x1 + l), av, bv);
-      S::store(acc + l, first ? t : S::load(acc + l) + t);
-    }
-    for (; l < nl; ++l) {
-      T t = f(x0[l], a[l], b[l]);
-      if (pair) t += f(x1[l], a[l], b[l]);
-      acc[l] = first ? t : acc[l] + t;
-    }
-  }
-}
-
 /// The nl lanes of a narrow tile (at most kNarrowVectors vectors) as NV vectors, the last one
 /// partial when nl is not a multiple of the vector width: loads and stores of vector j of a row.
 template <class T, int NV>
@@ -582,11 +555,32 @@ template <class T, class F>
 void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out, F f) noexcept {
   if (narrow_dispatch<T>(nl, [&](auto nv) { narrow_lane_sums<T, decltype(nv)::value>(x, stride, rows, nl, a, b, out, f); }))
     return;
-  alignas(64) T acc[kLanes];
   for (Index l = 0; l < nl; ++l) out[l] = 0;
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes, sw = kNarrowVectors * W;
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    lane_partial_sums(x, stride, r0, std::min(rows, r0 + kFlush), nl, a, b, acc, f);
-    flush_lanes(acc, out, nl);
+    const Index r1 = std::min(rows, r0 + kFlush);
+    for (Index l0 = 0; l0 < nl; l0 += sw) {
+      const Index n = std::min(sw, nl - l0);
+      narrow_dispatch<T>(n, [&](auto nv) {
+        constexpr int NV = decltype(nv)::value;
+        const NarrowLanes<T, NV> L(n);
+        typename S::vec av[NV], bv[NV], t[NV] = {};
+        for (int j = 0; j < NV; ++j) av[j] = L.load(a + l0, j), bv[j] = L.load(b + l0, j);
+        for (Index r = r0; r < r1; r += 2) {
+          const T* x0 = x + r * stride + l0;
+          const bool pair = r + 1 < r1, first = r == r0;
+          for (int j = 0; j < NV; ++j) {
+            auto u = f(L.load(x0, j), av[j], bv[j]);
+            if (pair) u += f(L.load(x0 + stride, j), av[j], bv[j]);
+            t[j] = first ? u : t[j] + u;
+          }
+        }
+        alignas(64) T tl[NV * W];
+        for (int j = 0; j < NV; ++j) S::store(tl + j * W, t[j]);
+        flush_lanes(tl, out + l0, n);
+      });
+    }
   }
 }
 
@@ -727,41 +721,48 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 // ---------------------------------------------------------------------------------------------
 // Gradient sums.
 
-/// Per-lane gradient sums of rows [r0, r1) (stride apart) of nl lanes, in T, rows two at a time:
-///   acc0[l] = sum_r dy[r][l],   acc1[l] = sum_r dy[r][l] * (x[r][l] - head[l])
+/// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T,
+/// rows two at a time, then added to out0, out1 in A:
+///   out0[l] += sum_r dy[r][l],   out1[l] += sum_r dy[r][l] * (x[r][l] - head[l])
+/// Strips of kNarrowVectors vectors, each summed over the rows in registers.
 template <class T>
 inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
-                           T* acc0, T* acc1) noexcept {
+                           accum_t<T>* out0, accum_t<T>* out1) noexcept {
   using S = simd::Simd<T>;
-  constexpr Index W = S::lanes;
-  for (Index r = r0; r < r1; r += 2) {
-    const T* xr = x + r * stride;
-    const T* dr = dy + r * stride;
-    const bool pair = r + 1 < r1, first = r == r0;
-    Index l = 0;
-    for (; l + W <= nl; l += W) {
-      const auto h = S::load(head + l);
-      auto dyv = S::load(dr + l);
-      auto dv = dyv * (S::load(xr + l) - h);
-      if (pair) {
-        const auto dy1 = S::load(dr + stride + l);
-        dyv += dy1;
-        dv += dy1 * (S::load(xr + stride + l) - h);
+  constexpr Index W = S::lanes, sw = kNarrowVectors * W;
+  for (Index l0 = 0; l0 < nl; l0 += sw) {
+    const Index n = std::min(sw, nl - l0);
+    narrow_dispatch<T>(n, [&](auto nv) {
+      constexpr int NV = decltype(nv)::value;
+      const NarrowLanes<T, NV> L(n);
+      typename S::vec h[NV], t0[NV] = {}, t1[NV] = {};
+      for (int j = 0; j < NV; ++j) h[j] = L.load(head + l0, j);
+      for (Index r = r0; r < r1; r += 2) {
+        const T* xr = x + r * stride + l0;
+        const T* dr = dy + r * stride + l0;
+        const bool pair = r + 1 < r1, first = r == r0;
+        for (int j = 0; j < NV; ++j) {
+          auto dyv = L.load(dr, j);
+          auto dv = dyv * (L.load(xr, j) - h[j]);
+          if (pair) {
+            const auto dy1 = L.load(dr + stride, j);
+            dyv += dy1;
+            dv += dy1 * (L.load(xr + stride, j) - h[j]);
+          }
+          t0[j] = first ? dyv : t0[j] + dyv;
+          t1[j] = first ? dv : t1[j] + dv;
+        }
       }
-      S::store(acc0 + l, first ? dyv : S::load(acc0 + l) + dyv);
-      S::store(acc1 + l, first ? dv : S::load(acc1 + l) + dv);
-    }
-    for (; l < nl; ++l) {
-      T dyv = dr[l], dv = dyv * (xr[l] - head[l]);
-      if (pair) dyv += dr[stride + l], dv += dr[stride + l] * (xr[stride + l] - head[l]);
-      acc0[l] = first ? dyv : acc0[l] + dyv;
-      acc1[l] = first ? dv : acc1[l] + dv;
-    }
+      alignas(64) T a0[NV * W], a1[NV * W];
+      for (int j = 0; j < NV; ++j) S::store(a0 + j * W, t0[j]), S::store(a1 + j * W, t1[j]);
+      flush_lanes(a0, out0 + l0, n);
+      flush_lanes(a1, out1 + l0, n);
+    });
   }
 }
 
 /// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
-/// s0[l], s1[l] (A) exactly as lane_grad_rows and flush_lanes do it (pairs of rows, kFlush rows
+/// s0[l], s1[l] (A) exactly as lane_grad_rows does it (pairs of rows, kFlush rows
 /// in T, then s += in A, in the same order), with the T and the A sums in registers: the lane
 /// arrays' store-to-load round trips would chain the rows and the flushes.
 template <class T, int NV>
@@ -870,7 +871,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   // lane in T, then added to the channels' sums in A (inner == 1) or to the lanes' sums in A,
   // which join the channels' at the end of the block (inner > 1).
   const Index stride = C * I;
-  alignas(64) T head[kLanes], acc0[kLanes], acc1[kLanes];
+  alignas(64) T head[kLanes];
   alignas(64) A l0[kLanes], l1[kLanes];  // inner > 1: a block's sums per lane, in A
   Index coef_tile = -1;
   for_each_block_tile(v, c0, nc, kSumRows, [&](Index o0, Index rows, Index t0, Index nt) {
@@ -893,9 +894,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
       return after(o0, rows, t0, nt);
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
-      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, acc0, acc1);
-      flush_lanes(acc0, I == 1 ? s0 : l0, nl);
-      flush_lanes(acc1, I == 1 ? s1 : l1, nl);
+      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1);
     }
     if (I > 1)  // the block's lane sums into the channels', lane by lane
       for (Index k = 0; k < nt; ++k)
@@ -963,8 +962,9 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
 }
 
 /// region_apply on a narrow tile (nl lanes in NV vectors): the lane constants stay in registers
-/// for all `rows` rows (stride apart). Non-temporal stores when streaming and the rows are one
-/// aligned run of whole vectors (the tile is the whole row); plain stores otherwise.
+/// for all `rows` rows (stride apart). When streaming and every row starts at an aligned
+/// address, whole vectors go out as non-temporal stores; partial vectors and everything else
+/// as plain stores.
 template <class T, bool HasU, int NV, class F>
 void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Index nl, const LaneCoefs<T>& k,
                   bool stream, F f) noexcept {
@@ -974,14 +974,14 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
   typename S::vec c[5][NV];
   for (int m = 0; m < 5; ++m)
     for (int j = 0; j < NV; ++j) c[m][j] = L.load(k.k[m], j);
-  const bool nt_stores = W > 1 && stream && stride == nl && nl % W == 0 && simd::stream_aligned(out);
+  const bool nt_stores = W > 1 && stream && stride % W == 0 && simd::stream_aligned(out);
   for (Index r = 0; r < rows; ++r) {
     const T* xr = x + r * stride;
     T* o = out + r * stride;
     for (int j = 0; j < NV; ++j) {
       const auto v = f(L.load(xr, j), HasU ? L.load(u + r * stride, j) : S::zero(), c[0][j], c[1][j], c[2][j], c[3][j],
                        c[4][j]);
-      if (nt_stores) simd::stream<T>(o + j * W, v);
+      if (nt_stores && (j < NV - 1 || L.last == W)) simd::stream<T>(o + j * W, v);
       else L.store(o, j, v);
     }
   }
