@@ -13,9 +13,10 @@
 // A kernel finishes a group (statistics, then the elementwise pass) before the next, so the
 // second pass finds the group in cache when it fits (row path: one channel); groups are
 // independent, and run on OpenMP threads when the library is built with OpenMP
-// (batchnorm::openmp). With fewer than kFewChannels channels the threads split the batch into
-// kSegments segments instead (for_each_segment). Every sum has an order fixed by the View
-// alone: the results are bitwise the same for any number of threads and any tiling.
+// (batchnorm::openmp). With fewer than kFewChannels channels, or rows of at most kSegmentLanes
+// values, the threads split the batch into kSegments segments instead (for_each_segment).
+// Every sum has an order fixed by the View alone: the results are bitwise the same for any
+// number of threads and any tiling.
 //
 // Precision: sums run in T vectors for at most kFlush additions per lane, then move to
 // accum_t<T> (double); for float that bounds the relative error of a partial sum by 7 * 2^-24
@@ -28,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 
 #ifdef _OPENMP
@@ -67,6 +69,7 @@ inline constexpr Index kStreamBytesForward = 10 << 20;
 inline constexpr Index kParallelMin = 1 << 16;  ///< fewer values than this run on one thread
 inline constexpr Index kFewChannels = 4;        ///< fewer channels than this: threads split the batch
 inline constexpr Index kSegments = 8;           ///< batch segments when they do
+inline constexpr Index kSegmentLanes = 64;      ///< rows of at most this many values split the batch too
 
 // ---------------------------------------------------------------------------------------------
 // Moments and their merge.
@@ -250,9 +253,10 @@ inline bool short_channels(const View& v) noexcept { return v.outer * v.inner <=
 /// Channels per lane tile: whole channels, at most kLanes lanes.
 inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
 
-/// The row path takes one channel per group. The lane path streams whole rows (a row block at a
-/// time, so memory is read in order) over a range of channels per group: one range per thread,
-/// whole tiles each. Lanes are independent, so the partition never changes a result.
+/// The row path takes one channel per group (several short ones). The lane path streams whole
+/// rows (a row block at a time, so memory is read in order) over a range of channels per group:
+/// one range per thread, whole tiles each, or, with fewer tiles than threads, an even share of
+/// the channels. Lanes are independent, so the partition never changes a result.
 template <class T>
 Plan make_plan(const View& v, Index stream_bytes = kStreamBytes) noexcept {
   Plan p;
@@ -270,18 +274,33 @@ Plan make_plan(const View& v, Index stream_bytes = kStreamBytes) noexcept {
     const Index ct = tile_channels(v);
     const Index tiles = (C + ct - 1) / ct;
     p.group = ct * ((tiles + threads - 1) / threads);
+    if (tiles < threads && C * v.inner >= threads * kSegmentLanes) {
+      // Fewer tiles than threads: the channels split evenly, each share rounded up to whole
+      // vectors of lanes (`unit` channels make a whole number of vectors). Shorter rows split
+      // the batch instead (segments_of).
+      const Index W = simd::Simd<T>::lanes, I = std::max<Index>(1, v.inner);
+      const Index unit = W / std::gcd(W, I);
+      const Index share = (C + threads - 1) / threads;
+      p.group = std::min(p.group, (share + unit - 1) / unit * unit);
+    }
   }
   p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
   return p;
 }
 
-/// Few channels (fewer than kFewChannels) and enough values for threads: the outer (batch) axis
-/// is cut into kSegments segments that run on the threads instead of the channel groups. The
-/// count depends on the view alone, and segments' statistics and sums merge in segment order, so
-/// results are the same for any number of threads. Otherwise 1.
+/// Few channels (fewer than kFewChannels), or short rows (channels * inner at most
+/// kSegmentLanes: a thread's share of a row would be a vector or less), and enough values for
+/// threads: the outer (batch) axis is cut into kSegments segments that run on the threads
+/// instead of the channel groups. The count depends on the view alone, and segments' statistics
+/// and sums merge in segment order, so results are the same for any number of threads.
+/// Otherwise 1.
 inline Index segments_of(const View& v) noexcept {
-  return v.channels < kFewChannels && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
+  const bool few = v.channels < kFewChannels || v.channels * v.inner <= kSegmentLanes;
+  return few && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
 }
+
+/// Channels a segmented view has at most (the size of per-segment arrays).
+inline constexpr Index kSegmentChannels = std::max(kFewChannels - 1, kSegmentLanes);
 
 /// Calls f(s, sub, sub_plan, offset) for the S = segments_of(v) segments of the outer axis, on
 /// OpenMP threads: sub is the view of rows [outer * s / S, outer * (s + 1) / S), offset the index
@@ -303,7 +322,7 @@ void for_each_segment(const View& v, const Plan& p, F f) noexcept {
 
 /// The sums of S segments added in segment order, channel by channel: out[c] = sum_s part[s][c].
 template <class A>
-void add_segments(Index S, Index channels, const A (*part)[kFewChannels], A* out) noexcept {
+void add_segments(Index S, Index channels, const A (*part)[kSegmentChannels], A* out) noexcept {
   for (Index c = 0; c < channels; ++c) {
     A a = 0;
     for (Index s = 0; s < S; ++s) a += part[s][c];
@@ -518,28 +537,45 @@ inline bool narrow_dispatch(Index nl, F f) noexcept {
   }
 }
 
-/// lane_sums for a narrow tile (nl lanes in NV vectors): the same additions in the same order
-/// (pairs of rows, kFlush rows per lane in T, then into A), with every partial sum in registers
-/// instead of lane arrays, whose store-to-load round trip each row would chain the rows.
+/// The partial sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most kFlush,
+/// stride apart), into t[0..NV):  t[j] = sum_r f(x[r] vector j, a[j], b[j]).
+/// Even and odd rows go to two accumulators added at the end (two chains hide the add latency).
+/// Every addition has at most one product operand (f's product, if any, meets the running sum),
+/// so that a compiler contracting a * b + c into a fused multiply-add (GCC's default) does it the
+/// same way in every code path: a lane's result never depends on which strip or tile holds it,
+/// nor on the thread count.
+template <class T, int NV, class F>
+inline void strip_sums(const T* x, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
+                       const typename simd::Simd<T>::vec* a, const typename simd::Simd<T>::vec* b,
+                       typename simd::Simd<T>::vec* t, F f) noexcept {
+  using S = simd::Simd<T>;
+  typename S::vec e[NV], o[NV];
+  for (int j = 0; j < NV; ++j) e[j] = S::zero(), o[j] = S::zero();
+  Index r = r0;
+  for (; r + 1 < r1; r += 2) {
+    const T* x0 = x + r * stride;
+    for (int j = 0; j < NV; ++j) {
+      e[j] += f(L.load(x0, j), a[j], b[j]);
+      o[j] += f(L.load(x0 + stride, j), a[j], b[j]);
+    }
+  }
+  if (r < r1)
+    for (int j = 0; j < NV; ++j) e[j] += f(L.load(x + r * stride, j), a[j], b[j]);
+  for (int j = 0; j < NV; ++j) t[j] = e[j] + o[j];
+}
+
+/// lane_sums for a narrow tile (nl lanes in NV vectors): strip_sums every kFlush rows, added to
+/// A sums kept in registers (lane arrays would chain the rows through store-to-load round trips).
 template <class T, int NV, class F>
 void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out,
                       F f) noexcept {
   using S = simd::Simd<T>;
   const NarrowLanes<T, NV> L(nl);
-  typename S::vec av[NV], bv[NV], t[NV] = {};
+  typename S::vec av[NV], bv[NV], t[NV];
   typename S::wide w[NV];
   for (int j = 0; j < NV; ++j) av[j] = L.load(a, j), bv[j] = L.load(b, j), w[j] = typename S::wide{};
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    const Index r1 = std::min(rows, r0 + kFlush);
-    for (Index r = r0; r < r1; r += 2) {
-      const T* x0 = x + r * stride;
-      const bool pair = r + 1 < r1, first = r == r0;
-      for (int j = 0; j < NV; ++j) {
-        auto u = f(L.load(x0, j), av[j], bv[j]);
-        if (pair) u += f(L.load(x0 + stride, j), av[j], bv[j]);
-        t[j] = first ? u : t[j] + u;
-      }
-    }
+    strip_sums(x, stride, r0, std::min(rows, r0 + kFlush), L, av, bv, t, f);
     for (int j = 0; j < NV; ++j) S::accumulate(w[j], t[j]);
   }
   alignas(64) accum_t<T> lanes[NV * S::lanes];
@@ -549,8 +585,9 @@ void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a
 
 /// Per-lane sums over `rows` rows (stride apart) of nl lanes:
 ///   out[l] = sum_r f(x[r][l], a[l], b[l])
-/// Rows are read one after the other (never down a column: row strides of 4 KiB would alias in
-/// the L1 sets); kFlush rows are summed in T per lane, then added to out in A.
+/// kFlush rows at a time, in strips of kNarrowVectors vectors summed in registers (strip_sums),
+/// then added to out in A. Rows are read in order within a strip; narrow tiles keep the A sums
+/// in registers too (narrow_lane_sums). The same additions per lane either way.
 template <class T, class F>
 void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out, F f) noexcept {
   if (narrow_dispatch<T>(nl, [&](auto nv) { narrow_lane_sums<T, decltype(nv)::value>(x, stride, rows, nl, a, b, out, f); }))
@@ -565,17 +602,9 @@ void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const
       narrow_dispatch<T>(n, [&](auto nv) {
         constexpr int NV = decltype(nv)::value;
         const NarrowLanes<T, NV> L(n);
-        typename S::vec av[NV], bv[NV], t[NV] = {};
+        typename S::vec av[NV], bv[NV], t[NV];
         for (int j = 0; j < NV; ++j) av[j] = L.load(a + l0, j), bv[j] = L.load(b + l0, j);
-        for (Index r = r0; r < r1; r += 2) {
-          const T* x0 = x + r * stride + l0;
-          const bool pair = r + 1 < r1, first = r == r0;
-          for (int j = 0; j < NV; ++j) {
-            auto u = f(L.load(x0, j), av[j], bv[j]);
-            if (pair) u += f(L.load(x0 + stride, j), av[j], bv[j]);
-            t[j] = first ? u : t[j] + u;
-          }
-        }
+        strip_sums(x + l0, stride, r0, r1, L, av, bv, t, f);
         alignas(64) T tl[NV * W];
         for (int j = 0; j < NV; ++j) S::store(tl + j * W, t[j]);
         flush_lanes(tl, out + l0, n);
@@ -701,8 +730,9 @@ void group_moments(const T* x, const View& v, const Plan& p, Index c0, Index nc,
 template <class T, class A>
 void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
   if (const Index S = segments_of(v); S > 1) {
-    // Few channels: moments of each batch segment on the threads, merged in segment order.
-    A sm[kSegments][kFewChannels], s2[kSegments][kFewChannels];
+    // Few channels or short rows: moments of each batch segment on the threads, merged in
+    // segment order.
+    A sm[kSegments][kSegmentChannels], s2[kSegments][kSegmentChannels];
     for_each_segment<T>(v, make_plan<T>(v), [&](Index s, const View& sub, const Plan& sp, Index off) {
       group_moments(x + off, sub, sp, 0, sub.channels, sm[s], s2[s]);
     });
@@ -721,10 +751,38 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 // ---------------------------------------------------------------------------------------------
 // Gradient sums.
 
-/// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T,
-/// rows two at a time, then added to out0, out1 in A:
+/// The gradient sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most
+/// kFlush, stride apart):  t0[j] = sum_r dy[r],  t1[j] = sum_r dy[r] * (x[r] - h[j]).
+/// Even and odd rows in two accumulators, one product per addition (as strip_sums).
+template <class T, int NV>
+inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
+                            const typename simd::Simd<T>::vec* h, typename simd::Simd<T>::vec* t0,
+                            typename simd::Simd<T>::vec* t1) noexcept {
+  using S = simd::Simd<T>;
+  typename S::vec e0[NV], e1[NV], o0[NV], o1[NV];
+  for (int j = 0; j < NV; ++j) e0[j] = e1[j] = o0[j] = o1[j] = S::zero();
+  Index r = r0;
+  for (; r + 1 < r1; r += 2) {
+    const T* xr = x + r * stride;
+    const T* dr = dy + r * stride;
+    for (int j = 0; j < NV; ++j) {
+      const auto d0 = L.load(dr, j), d1 = L.load(dr + stride, j);
+      e0[j] += d0, e1[j] += d0 * (L.load(xr, j) - h[j]);
+      o0[j] += d1, o1[j] += d1 * (L.load(xr + stride, j) - h[j]);
+    }
+  }
+  if (r < r1)
+    for (int j = 0; j < NV; ++j) {
+      const auto d0 = L.load(dy + r * stride, j);
+      e0[j] += d0, e1[j] += d0 * (L.load(x + r * stride, j) - h[j]);
+    }
+  for (int j = 0; j < NV; ++j) t0[j] = e0[j] + o0[j], t1[j] = e1[j] + o1[j];
+}
+
+/// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T, added
+/// to out0, out1 in A:
 ///   out0[l] += sum_r dy[r][l],   out1[l] += sum_r dy[r][l] * (x[r][l] - head[l])
-/// Strips of kNarrowVectors vectors, each summed over the rows in registers.
+/// Strips of kNarrowVectors vectors, each summed over the rows in registers (strip_grad_sums).
 template <class T>
 inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
                            accum_t<T>* out0, accum_t<T>* out1) noexcept {
@@ -735,24 +793,9 @@ inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Inde
     narrow_dispatch<T>(n, [&](auto nv) {
       constexpr int NV = decltype(nv)::value;
       const NarrowLanes<T, NV> L(n);
-      typename S::vec h[NV], t0[NV] = {}, t1[NV] = {};
+      typename S::vec h[NV], t0[NV], t1[NV];
       for (int j = 0; j < NV; ++j) h[j] = L.load(head + l0, j);
-      for (Index r = r0; r < r1; r += 2) {
-        const T* xr = x + r * stride + l0;
-        const T* dr = dy + r * stride + l0;
-        const bool pair = r + 1 < r1, first = r == r0;
-        for (int j = 0; j < NV; ++j) {
-          auto dyv = L.load(dr, j);
-          auto dv = dyv * (L.load(xr, j) - h[j]);
-          if (pair) {
-            const auto dy1 = L.load(dr + stride, j);
-            dyv += dy1;
-            dv += dy1 * (L.load(xr + stride, j) - h[j]);
-          }
-          t0[j] = first ? dyv : t0[j] + dyv;
-          t1[j] = first ? dv : t1[j] + dv;
-        }
-      }
+      strip_grad_sums(x + l0, dy + l0, stride, r0, r1, L, h, t0, t1);
       alignas(64) T a0[NV * W], a1[NV * W];
       for (int j = 0; j < NV; ++j) S::store(a0 + j * W, t0[j]), S::store(a1 + j * W, t1[j]);
       flush_lanes(a0, out0 + l0, n);
@@ -762,9 +805,9 @@ inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Inde
 }
 
 /// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
-/// s0[l], s1[l] (A) exactly as lane_grad_rows does it (pairs of rows, kFlush rows
-/// in T, then s += in A, in the same order), with the T and the A sums in registers: the lane
-/// arrays' store-to-load round trips would chain the rows and the flushes.
+/// s0[l], s1[l] (A) exactly as lane_grad_rows does it (strip_grad_sums every kFlush rows, then
+/// s += in A, in the same order), with the A sums in registers: the lane arrays' store-to-load
+/// round trips would chain the flushes.
 template <class T, int NV>
 void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index nl, const T* head,
                        accum_t<T>* s0, accum_t<T>* s1) noexcept {
@@ -772,7 +815,7 @@ void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index 
   using A = accum_t<T>;
   constexpr Index W = S::lanes;
   const NarrowLanes<T, NV> L(nl);
-  typename S::vec h[NV], t0[NV] = {}, t1[NV] = {};
+  typename S::vec h[NV], t0[NV], t1[NV];
   typename S::wide w0[NV], w1[NV];
   alignas(64) A lanes0[NV * W] = {}, lanes1[NV * W] = {};
   std::copy(s0, s0 + nl, lanes0), std::copy(s1, s1 + nl, lanes1);
@@ -781,23 +824,7 @@ void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index 
     std::memcpy(&w0[j], lanes0 + j * W, sizeof w0[j]), std::memcpy(&w1[j], lanes1 + j * W, sizeof w1[j]);
   }
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    const Index r1 = std::min(rows, r0 + kFlush);
-    for (Index r = r0; r < r1; r += 2) {
-      const T* xr = x + r * stride;
-      const T* dr = dy + r * stride;
-      const bool pair = r + 1 < r1, first = r == r0;
-      for (int j = 0; j < NV; ++j) {
-        auto dyv = L.load(dr, j);
-        auto dv = dyv * (L.load(xr, j) - h[j]);
-        if (pair) {
-          const auto dy1 = L.load(dr + stride, j);
-          dyv += dy1;
-          dv += dy1 * (L.load(xr + stride, j) - h[j]);
-        }
-        t0[j] = first ? dyv : t0[j] + dyv;
-        t1[j] = first ? dv : t1[j] + dv;
-      }
-    }
+    strip_grad_sums(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, h, t0, t1);
     for (int j = 0; j < NV; ++j) S::accumulate(w0[j], t0[j]), S::accumulate(w1[j], t1[j]);
   }
   for (int j = 0; j < NV; ++j) S::lanes_of(w0[j], lanes0 + j * W), S::lanes_of(w1[j], lanes1 + j * W);

@@ -86,13 +86,15 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
     cf.r = static_cast<T>(-kc * (scratch.sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
     return cf;
   };
-  const auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + (xv - h) * q + r; };
+  // Evaluated as dy * p + ((x - head) * q + r): each addition has one product operand, so a
+  // compiler that contracts into fused multiply-adds does it the same way in every code path.
+  const auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + ((xv - h) * q + r); };
   if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
-    // Few channels: the sums of each batch segment on the threads, added in segment order, then
-    // dx split over the batch.
-    using batchnorm::detail::kFewChannels;
+    // Few channels or short rows: the sums of each batch segment on the threads, added in
+    // segment order, then dx split over the batch.
+    using batchnorm::detail::kSegmentChannels;
     using batchnorm::detail::kSegments;
-    A s0[kSegments][kFewChannels], s1[kSegments][kFewChannels];
+    A s0[kSegments][kSegmentChannels], s1[kSegments][kSegmentChannels];
     batchnorm::detail::for_each_segment<T>(v, plan, [&](Index s, const View& sub, const auto& sp, Index off) {
       batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0[s], s1[s]);
     });
@@ -151,10 +153,11 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
     }
   };
   if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
-    // Few channels: the pass over each batch segment on the threads, sums added in segment order.
-    using batchnorm::detail::kFewChannels;
+    // Few channels or short rows: the pass over each batch segment on the threads, sums added
+    // in segment order.
+    using batchnorm::detail::kSegmentChannels;
     using batchnorm::detail::kSegments;
-    A s0[kSegments][kFewChannels], s1[kSegments][kFewChannels];
+    A s0[kSegments][kSegmentChannels], s1[kSegments][kSegmentChannels];
     batchnorm::detail::for_each_segment<T>(v, plan, [&](Index s, const View& sub, const auto& sp, Index off) {
       pass(sub, sp, off, 0, sub.channels, s0[s], s1[s]);
     });

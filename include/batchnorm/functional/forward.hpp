@@ -146,7 +146,7 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
     return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c);
   };
   if (batchnorm::detail::segments_of(v) > 1) {
-    // Few channels: statistics, then the normalize pass, each split over the batch.
+    // Few channels or short rows: statistics, then the normalize pass, each split over the batch.
     batchnorm::detail::moments(x, v, save_mean, save_invstd);
     finish(0, v.channels);
     detail_forward::normalize_all(x, v, coef, y);
