@@ -55,7 +55,8 @@ inline constexpr Index kSumRows = 64;         ///< rows per block of the lane pa
 inline constexpr Index kApplyRows = 256;      ///< rows per block of the lane path's elementwise pass
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
 inline constexpr Index kShortGroupBytes = 1 << 14;  ///< bytes of short channels per row-path group (L1)
-inline constexpr int kNarrowVectors = 4;       ///< lane tiles of at most this many vectors keep sums in registers
+inline constexpr int kNarrowVectors = 8;       ///< lane tiles of at most this many vectors keep sums in registers
+inline constexpr int kGradStripVectors = 4;    ///< vectors per strip of wider tiles' gradient sums
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
@@ -533,35 +534,28 @@ inline bool narrow_dispatch(Index nl, F f) noexcept {
     case 2: return f(std::integral_constant<int, 2>{}), true;
     case 3: return f(std::integral_constant<int, 3>{}), true;
     case 4: return f(std::integral_constant<int, 4>{}), true;
+    case 5: return f(std::integral_constant<int, 5>{}), true;
+    case 6: return f(std::integral_constant<int, 6>{}), true;
+    case 7: return f(std::integral_constant<int, 7>{}), true;
+    case 8: return f(std::integral_constant<int, 8>{}), true;
     default: return false;
   }
 }
 
 /// The partial sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most kFlush,
-/// stride apart), into t[0..NV):  t[j] = sum_r f(x[r] vector j, a[j], b[j]).
-/// Even and odd rows go to two accumulators added at the end (two chains hide the add latency).
-/// Every addition has at most one product operand (f's product, if any, meets the running sum),
-/// so that a compiler contracting a * b + c into a fused multiply-add (GCC's default) does it the
-/// same way in every code path: a lane's result never depends on which strip or tile holds it,
-/// nor on the thread count.
+/// stride apart), into t[0..NV):  t[j] = sum_r f(x[r] vector j, a[j], b[j]), rows in order (the
+/// NV vectors are NV independent chains). Every addition has at most one product operand (f's
+/// product, if any, meets the running sum), so that a compiler contracting a * b + c into a
+/// fused multiply-add (GCC's default) does it the same way in every code path: a lane's result
+/// never depends on which strip or tile holds it, nor on the thread count.
 template <class T, int NV, class F>
 inline void strip_sums(const T* x, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
                        const typename simd::Simd<T>::vec* a, const typename simd::Simd<T>::vec* b,
                        typename simd::Simd<T>::vec* t, F f) noexcept {
   using S = simd::Simd<T>;
-  typename S::vec e[NV], o[NV];
-  for (int j = 0; j < NV; ++j) e[j] = S::zero(), o[j] = S::zero();
-  Index r = r0;
-  for (; r + 1 < r1; r += 2) {
-    const T* x0 = x + r * stride;
-    for (int j = 0; j < NV; ++j) {
-      e[j] += f(L.load(x0, j), a[j], b[j]);
-      o[j] += f(L.load(x0 + stride, j), a[j], b[j]);
-    }
-  }
-  if (r < r1)
-    for (int j = 0; j < NV; ++j) e[j] += f(L.load(x + r * stride, j), a[j], b[j]);
-  for (int j = 0; j < NV; ++j) t[j] = e[j] + o[j];
+  for (int j = 0; j < NV; ++j) t[j] = S::zero();
+  for (Index r = r0; r < r1; ++r)
+    for (int j = 0; j < NV; ++j) t[j] += f(L.load(x + r * stride, j), a[j], b[j]);
 }
 
 /// lane_sums for a narrow tile (nl lanes in NV vectors): strip_sums every kFlush rows, added to
@@ -753,41 +747,30 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 
 /// The gradient sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most
 /// kFlush, stride apart):  t0[j] = sum_r dy[r],  t1[j] = sum_r dy[r] * (x[r] - h[j]).
-/// Even and odd rows in two accumulators, one product per addition (as strip_sums).
+/// Rows in order, one product per addition (as strip_sums).
 template <class T, int NV>
 inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
                             const typename simd::Simd<T>::vec* h, typename simd::Simd<T>::vec* t0,
                             typename simd::Simd<T>::vec* t1) noexcept {
   using S = simd::Simd<T>;
-  typename S::vec e0[NV], e1[NV], o0[NV], o1[NV];
-  for (int j = 0; j < NV; ++j) e0[j] = e1[j] = o0[j] = o1[j] = S::zero();
-  Index r = r0;
-  for (; r + 1 < r1; r += 2) {
-    const T* xr = x + r * stride;
-    const T* dr = dy + r * stride;
+  for (int j = 0; j < NV; ++j) t0[j] = t1[j] = S::zero();
+  for (Index r = r0; r < r1; ++r)
     for (int j = 0; j < NV; ++j) {
-      const auto d0 = L.load(dr, j), d1 = L.load(dr + stride, j);
-      e0[j] += d0, e1[j] += d0 * (L.load(xr, j) - h[j]);
-      o0[j] += d1, o1[j] += d1 * (L.load(xr + stride, j) - h[j]);
+      const auto d = L.load(dy + r * stride, j);
+      t0[j] += d, t1[j] += d * (L.load(x + r * stride, j) - h[j]);
     }
-  }
-  if (r < r1)
-    for (int j = 0; j < NV; ++j) {
-      const auto d0 = L.load(dy + r * stride, j);
-      e0[j] += d0, e1[j] += d0 * (L.load(x + r * stride, j) - h[j]);
-    }
-  for (int j = 0; j < NV; ++j) t0[j] = e0[j] + o0[j], t1[j] = e1[j] + o1[j];
 }
 
 /// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T, added
 /// to out0, out1 in A:
 ///   out0[l] += sum_r dy[r][l],   out1[l] += sum_r dy[r][l] * (x[r][l] - head[l])
-/// Strips of kNarrowVectors vectors, each summed over the rows in registers (strip_grad_sums).
+/// Strips of kGradStripVectors vectors, each summed over the rows in registers (strip_grad_sums;
+/// wider strips measured slower: two sums a vector).
 template <class T>
 inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
                            accum_t<T>* out0, accum_t<T>* out1) noexcept {
   using S = simd::Simd<T>;
-  constexpr Index W = S::lanes, sw = kNarrowVectors * W;
+  constexpr Index W = S::lanes, sw = kGradStripVectors * W;
   for (Index l0 = 0; l0 < nl; l0 += sw) {
     const Index n = std::min(sw, nl - l0);
     narrow_dispatch<T>(n, [&](auto nv) {
