@@ -512,6 +512,7 @@ template <class T, int NV>
 struct NarrowLanes {
   using S = simd::Simd<T>;
   static constexpr Index W = S::lanes;
+  static constexpr int vectors = NV;
   int last;  // lanes of vector NV - 1: 1..W
   explicit NarrowLanes(Index nl) noexcept : last(static_cast<int>(nl - (NV - 1) * W)) {}
   typename S::vec load(const T* p, int j) const noexcept {
@@ -522,6 +523,8 @@ struct NarrowLanes {
     if (j < NV - 1 || last == W) S::store(p + j * W, v);
     else S::store_n(p + j * W, v, last);
   }
+  /// out[l] += t's lane l, in A, for the lanes (the flush of partial sums in T).
+  void flush(const typename S::vec* t, accum_t<T>* out) const noexcept;
 };
 
 /// Calls f(std::integral_constant<int, NV>{}) for NV = the vectors of nl lanes, if there are at
@@ -558,6 +561,24 @@ inline void strip_sums(const T* x, Index stride, Index r0, Index r1, const Narro
     for (int j = 0; j < NV; ++j) t[j] += f(L.load(x + r * stride, j), a[j], b[j]);
 }
 
+template <class T, int NV>
+void NarrowLanes<T, NV>::flush(const typename S::vec* t, accum_t<T>* out) const noexcept {
+  alignas(64) T lanes[NV * W];
+  for (int j = 0; j < NV; ++j) S::store(lanes + j * W, t[j]);
+  flush_lanes(lanes, out, (NV - 1) * W + last);
+}
+
+/// Calls f(l0, L) for the strips [l0, l0 + Vectors * W) of nl lanes (the last one narrower),
+/// L the NarrowLanes of the strip.
+template <class T, int Vectors, class F>
+inline void for_each_strip(Index nl, F f) noexcept {
+  constexpr Index sw = Vectors * simd::Simd<T>::lanes;
+  for (Index l0 = 0; l0 < nl; l0 += sw) {
+    const Index n = std::min(sw, nl - l0);
+    narrow_dispatch<T>(n, [&](auto nv) { f(l0, NarrowLanes<T, decltype(nv)::value>(n)); });
+  }
+}
+
 /// lane_sums for a narrow tile (nl lanes in NV vectors): strip_sums every kFlush rows, added to
 /// A sums kept in registers (lane arrays would chain the rows through store-to-load round trips).
 template <class T, int NV, class F>
@@ -588,22 +609,15 @@ void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const
     return;
   for (Index l = 0; l < nl; ++l) out[l] = 0;
   using S = simd::Simd<T>;
-  constexpr Index W = S::lanes, sw = kNarrowVectors * W;
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
     const Index r1 = std::min(rows, r0 + kFlush);
-    for (Index l0 = 0; l0 < nl; l0 += sw) {
-      const Index n = std::min(sw, nl - l0);
-      narrow_dispatch<T>(n, [&](auto nv) {
-        constexpr int NV = decltype(nv)::value;
-        const NarrowLanes<T, NV> L(n);
-        typename S::vec av[NV], bv[NV], t[NV];
-        for (int j = 0; j < NV; ++j) av[j] = L.load(a + l0, j), bv[j] = L.load(b + l0, j);
-        strip_sums(x + l0, stride, r0, r1, L, av, bv, t, f);
-        alignas(64) T tl[NV * W];
-        for (int j = 0; j < NV; ++j) S::store(tl + j * W, t[j]);
-        flush_lanes(tl, out + l0, n);
-      });
-    }
+    for_each_strip<T, kNarrowVectors>(nl, [&](Index l0, const auto& L) {
+      constexpr int NV = std::decay_t<decltype(L)>::vectors;
+      typename S::vec av[NV], bv[NV], t[NV];
+      for (int j = 0; j < NV; ++j) av[j] = L.load(a + l0, j), bv[j] = L.load(b + l0, j);
+      strip_sums(x + l0, stride, r0, r1, L, av, bv, t, f);
+      L.flush(t, out + l0);
+    });
   }
 }
 
@@ -770,21 +784,14 @@ template <class T>
 inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
                            accum_t<T>* out0, accum_t<T>* out1) noexcept {
   using S = simd::Simd<T>;
-  constexpr Index W = S::lanes, sw = kGradStripVectors * W;
-  for (Index l0 = 0; l0 < nl; l0 += sw) {
-    const Index n = std::min(sw, nl - l0);
-    narrow_dispatch<T>(n, [&](auto nv) {
-      constexpr int NV = decltype(nv)::value;
-      const NarrowLanes<T, NV> L(n);
-      typename S::vec h[NV], t0[NV], t1[NV];
-      for (int j = 0; j < NV; ++j) h[j] = L.load(head + l0, j);
-      strip_grad_sums(x + l0, dy + l0, stride, r0, r1, L, h, t0, t1);
-      alignas(64) T a0[NV * W], a1[NV * W];
-      for (int j = 0; j < NV; ++j) S::store(a0 + j * W, t0[j]), S::store(a1 + j * W, t1[j]);
-      flush_lanes(a0, out0 + l0, n);
-      flush_lanes(a1, out1 + l0, n);
-    });
-  }
+  for_each_strip<T, kGradStripVectors>(nl, [&](Index l0, const auto& L) {
+    constexpr int NV = std::decay_t<decltype(L)>::vectors;
+    typename S::vec h[NV], t0[NV], t1[NV];
+    for (int j = 0; j < NV; ++j) h[j] = L.load(head + l0, j);
+    strip_grad_sums(x + l0, dy + l0, stride, r0, r1, L, h, t0, t1);
+    L.flush(t0, out0 + l0);
+    L.flush(t1, out1 + l0);
+  });
 }
 
 /// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
