@@ -160,10 +160,11 @@ TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misal
   // Each view holds at least 10 MiB of floats (forward passes stream from 10 MiB, backward from
   // 4 MiB): the row path, wide rows whose rows are not a whole number of vectors (a vector
   // straddles two channels, and two rows: a block of whole rows is one run), the lane path with
-  // rows of a partial vector, and its narrow tiles (rows of a few whole vectors: constants and
-  // sums in registers).
-  for (const View v :
-       {View{40, 8, 9000}, View{150, 90, 196}, View{9000, 9, 33}, View{45000, 60, 1}, View{85000, 32, 1}}) {
+  // rows of a partial vector, its narrow tiles (rows of a few whole vectors: constants and sums
+  // in registers), and its wide tiles (gradient sums in two sweeps over strips of 16 vectors,
+  // with a narrower last strip for {5000, 70, 8}).
+  for (const View v : {View{40, 8, 9000}, View{150, 90, 196}, View{9000, 9, 33}, View{45000, 60, 1},
+                       View{85000, 32, 1}, View{11000, 256, 1}, View{5000, 70, 8}}) {
     for (const std::size_t misalign : {0u, 3u}) {
       for (const bool in_place : {false, true}) {
         INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << "), misalign " << misalign

@@ -57,6 +57,7 @@ static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longe
 inline constexpr Index kShortGroupBytes = 1 << 14;  ///< bytes of short channels per row-path group (L1)
 inline constexpr int kNarrowVectors = 8;       ///< lane tiles of at most this many vectors keep sums in registers
 inline constexpr int kGradStripVectors = 4;    ///< vectors per strip of wider tiles' gradient sums
+inline constexpr int kWideStripVectors = 16;   ///< ... the same, two sweeps (streaming from memory)
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
@@ -568,13 +569,15 @@ void NarrowLanes<T, NV>::flush(const typename S::vec* t, accum_t<T>* out) const 
   flush_lanes(lanes, out, (NV - 1) * W + last);
 }
 
-/// Calls f(l0, L) for the strips [l0, l0 + Vectors * W) of nl lanes (the last one narrower),
-/// L the NarrowLanes of the strip.
+/// Calls f(l0, L) for the strips [l0, l0 + n) of nl lanes, L the NarrowLanes of the strip:
+/// Vectors vectors each, and what is left in strips of at most kNarrowVectors vectors.
 template <class T, int Vectors, class F>
 inline void for_each_strip(Index nl, F f) noexcept {
-  constexpr Index sw = Vectors * simd::Simd<T>::lanes;
-  for (Index l0 = 0; l0 < nl; l0 += sw) {
-    const Index n = std::min(sw, nl - l0);
+  constexpr Index W = simd::Simd<T>::lanes;
+  Index l0 = 0;
+  for (; l0 + Vectors * W <= nl; l0 += Vectors * W) f(l0, NarrowLanes<T, Vectors>(Vectors * W));
+  for (; l0 < nl; l0 += kNarrowVectors * W) {
+    const Index n = std::min(kNarrowVectors * W, nl - l0);
     narrow_dispatch<T>(n, [&](auto nv) { f(l0, NarrowLanes<T, decltype(nv)::value>(n)); });
   }
 }
@@ -760,38 +763,54 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 // Gradient sums.
 
 /// The gradient sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most
-/// kFlush, stride apart):  t0[j] = sum_r dy[r],  t1[j] = sum_r dy[r] * (x[r] - h[j]).
-/// Rows in order, one product per addition (as strip_sums).
-template <class T, int NV>
+/// kFlush, stride apart):  t0[j] = sum_r dy[r],  t1[j] = sum_r dy[r] * (x[r] - head[j]).
+/// Rows in order, one product per addition (as strip_sums). With Sweeps2, two sweeps over the
+/// rows, one sum each: a sweep reads its rows' strips in memory order with NV accumulators and
+/// the second finds dy in L1 (wide strips; see lane_grad_rows); otherwise one sweep, both sums.
+template <bool Sweeps2, class T, int NV>
 inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
-                            const typename simd::Simd<T>::vec* h, typename simd::Simd<T>::vec* t0,
-                            typename simd::Simd<T>::vec* t1) noexcept {
+                            const T* head, typename simd::Simd<T>::vec* t0, typename simd::Simd<T>::vec* t1) noexcept {
   using S = simd::Simd<T>;
   for (int j = 0; j < NV; ++j) t0[j] = t1[j] = S::zero();
-  for (Index r = r0; r < r1; ++r)
-    for (int j = 0; j < NV; ++j) {
-      const auto d = L.load(dy + r * stride, j);
-      t0[j] += d, t1[j] += d * (L.load(x + r * stride, j) - h[j]);
-    }
+  if constexpr (Sweeps2) {
+    for (Index r = r0; r < r1; ++r)
+      for (int j = 0; j < NV; ++j) t0[j] += L.load(dy + r * stride, j);
+    for (Index r = r0; r < r1; ++r)
+      for (int j = 0; j < NV; ++j) t1[j] += L.load(dy + r * stride, j) * (L.load(x + r * stride, j) - L.load(head, j));
+  } else {
+    typename S::vec h[NV];
+    for (int j = 0; j < NV; ++j) h[j] = L.load(head, j);
+    for (Index r = r0; r < r1; ++r)
+      for (int j = 0; j < NV; ++j) {
+        const auto d = L.load(dy + r * stride, j);
+        t0[j] += d, t1[j] += d * (L.load(x + r * stride, j) - h[j]);
+      }
+  }
 }
 
 /// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T, added
 /// to out0, out1 in A:
 ///   out0[l] += sum_r dy[r][l],   out1[l] += sum_r dy[r][l] * (x[r][l] - head[l])
-/// Strips of kGradStripVectors vectors, each summed over the rows in registers (strip_grad_sums;
-/// wider strips measured slower: two sums a vector).
+/// Strips summed over the rows in registers (strip_grad_sums): with `sweeps2` (x and dy stream
+/// from memory, rows under 4 KiB apart) strips of kWideStripVectors vectors in two sweeps,
+/// which read memory in much longer runs (measured: (25088, 256) floats 2.4x -> 1.1x memcpy);
+/// otherwise strips of kGradStripVectors vectors in one sweep (in cache, or with rows 4 KiB
+/// apart, whose strips of 8 rows would not stay in L1's sets between two sweeps).
 template <class T>
 inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
-                           accum_t<T>* out0, accum_t<T>* out1) noexcept {
+                           accum_t<T>* out0, accum_t<T>* out1, bool sweeps2) noexcept {
   using S = simd::Simd<T>;
-  for_each_strip<T, kGradStripVectors>(nl, [&](Index l0, const auto& L) {
-    constexpr int NV = std::decay_t<decltype(L)>::vectors;
-    typename S::vec h[NV], t0[NV], t1[NV];
-    for (int j = 0; j < NV; ++j) h[j] = L.load(head + l0, j);
-    strip_grad_sums(x + l0, dy + l0, stride, r0, r1, L, h, t0, t1);
-    L.flush(t0, out0 + l0);
-    L.flush(t1, out1 + l0);
-  });
+  const auto strip = [&](auto sweeps) {
+    return [&](Index l0, const auto& L) {
+      constexpr int NV = std::decay_t<decltype(L)>::vectors;
+      typename S::vec t0[NV], t1[NV];
+      strip_grad_sums<decltype(sweeps)::value>(x + l0, dy + l0, stride, r0, r1, L, head + l0, t0, t1);
+      L.flush(t0, out0 + l0);
+      L.flush(t1, out1 + l0);
+    };
+  };
+  if (sweeps2) for_each_strip<T, kWideStripVectors>(nl, strip(std::true_type{}));
+  else for_each_strip<T, kGradStripVectors>(nl, strip(std::false_type{}));
 }
 
 /// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
@@ -805,16 +824,14 @@ void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index 
   using A = accum_t<T>;
   constexpr Index W = S::lanes;
   const NarrowLanes<T, NV> L(nl);
-  typename S::vec h[NV], t0[NV], t1[NV];
+  typename S::vec t0[NV], t1[NV];
   typename S::wide w0[NV], w1[NV];
   alignas(64) A lanes0[NV * W] = {}, lanes1[NV * W] = {};
   std::copy(s0, s0 + nl, lanes0), std::copy(s1, s1 + nl, lanes1);
-  for (int j = 0; j < NV; ++j) {
-    h[j] = L.load(head, j);
+  for (int j = 0; j < NV; ++j)
     std::memcpy(&w0[j], lanes0 + j * W, sizeof w0[j]), std::memcpy(&w1[j], lanes1 + j * W, sizeof w1[j]);
-  }
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    strip_grad_sums(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, h, t0, t1);
+    strip_grad_sums<false>(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, head, t0, t1);
     for (int j = 0; j < NV; ++j) S::accumulate(w0[j], t0[j]), S::accumulate(w1[j], t1[j]);
   }
   for (int j = 0; j < NV; ++j) S::lanes_of(w0[j], lanes0 + j * W), S::lanes_of(w1[j], lanes1 + j * W);
@@ -911,7 +928,8 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
       return after(o0, rows, t0, nt);
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
-      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1);
+      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1,
+                     p.stream && stride * static_cast<Index>(sizeof(T)) < 4096);
     }
     if (I > 1)  // the block's lane sums into the channels', lane by lane
       for (Index k = 0; k < nt; ++k)
