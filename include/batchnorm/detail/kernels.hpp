@@ -49,7 +49,9 @@ using functional::View;
 inline constexpr Index kRowMin = 1024;        ///< rows at least this long take the row path
 inline constexpr Index kChunk = 2048;         ///< values per two-pass chunk of the row path (L1)
 inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane path
-inline constexpr Index kBlockRows = 64;       ///< rows per two-pass block of the lane path (L2)
+inline constexpr Index kBlockRows = 64;       ///< rows per two-pass block of the lane path (L2), at least,
+inline constexpr Index kBlockRowsMax = 256;    ///< ... at most,
+inline constexpr Index kBlockBytes = 1 << 18;  ///< ... and about this many bytes of a full tile in between
 inline constexpr Index kWideBlockRows = 16;   ///< the same for rows of a vector or more (L1)
 inline constexpr Index kSumRows = 64;         ///< rows per block of the lane path's gradient sums
 inline constexpr Index kApplyRows = 256;      ///< rows per block of the lane path's elementwise pass
@@ -647,8 +649,8 @@ void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
 }
 
 /// Lane path: mean and M2 of channels [c0, c0 + nc) into mean[0..nc), m2[0..nc), streaming row
-/// blocks of kBlockRows rows (kWideBlockRows for rows of a vector or more). Per tile of a block,
-/// each lane is two-passed (shifted by the block's first row); the lanes of a channel merge into
+/// blocks of kBlockRows to kBlockRowsMax rows (kWideBlockRows for rows of a vector or more). Per
+/// tile of a block, each lane is two-passed (shifted by the block's first row); the lanes of a channel merge into
 /// its block moments, which merge into the channel's running moments (every channel has the same
 /// count, so the Chan factors are shared). Rows of a vector or more are summed per channel
 /// instead (chunk_moments, or chunk_moments_about after the first block). Means are merged
@@ -660,7 +662,11 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
   alignas(64) A bsum[kLanes], bm2[kLanes], bu[kLanes];
   for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
   A n = 0;  // values merged so far, per channel
-  const Index block = wide_rows<T>(v) ? kWideBlockRows : kBlockRows;
+  // Rows per block: about kBlockBytes of a full tile (more rows amortise the per-lane work of a
+  // block), from the view alone so that blocks, and results, never depend on the threads.
+  const Index tile_bytes = std::min(v.channels, tile_channels(v)) * I * static_cast<Index>(sizeof(T));
+  const Index block = wide_rows<T>(v) ? kWideBlockRows
+                                      : std::clamp(kBlockBytes / std::max<Index>(1, tile_bytes), kBlockRows, kBlockRowsMax);
   for_each_block_tile(v, c0, nc, block, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
     const T* blk = x + (o0 * v.channels + t0) * I;
