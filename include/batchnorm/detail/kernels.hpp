@@ -3,11 +3,15 @@
 // Two traversals of a View (see functional/view.hpp):
 //   row path   (inner >= kRowMin, or outer <= 1): channel c is `outer` rows of `inner`
 //              contiguous values x[(o*C + c)*inner + i]; loops run along the rows with
-//              per-channel constants. A group is one channel.
+//              per-channel constants. A group is one channel, or several short ones
+//              (short_moments).
 //   lane path  (short rows): for fixed o the values of channels c0..c1-1 are one contiguous run
 //              of (c1-c0)*inner "lanes"; loops run across lanes with per-lane constants in
-//              small stack arrays, and lanes fold into channels at the end. A group is a tile of
-//              whole channels, at most kLanes lanes. Rows of a vector or more ("wide rows")
+//              small stack arrays and partial sums in registers (whole tiles of up to
+//              kNarrowVectors vectors, else strips), and lanes fold into channels at the end. A
+//              tile holds whole channels, at most kLanes lanes; a group is a range of whole
+//              tiles (a share of one when the tiles are fewer than the threads). Rows of a
+//              vector or more ("wide rows")
 //              keep per-channel constants instead and are read in memory order, each row one
 //              run across channels (for_each_chunk_block, apply_run).
 // A kernel finishes a group (statistics, then the elementwise pass) before the next, so the
@@ -49,17 +53,19 @@ using functional::View;
 inline constexpr Index kRowMin = 1024;        ///< rows at least this long take the row path
 inline constexpr Index kChunk = 2048;         ///< values per two-pass chunk of the row path (L1)
 inline constexpr Index kLanes = 1024;         ///< lanes per tile of the lane path
-inline constexpr Index kBlockRows = 64;       ///< rows per two-pass block of the lane path (L2), at least,
-inline constexpr Index kBlockRowsMax = 256;    ///< ... at most,
-inline constexpr Index kBlockBytes = 1 << 18;  ///< ... and about this many bytes of a full tile in between
+inline constexpr Index kBlockRows = 64;       ///< rows per two-pass block of the lane path (L2): at least,
+inline constexpr Index kBlockRowsMax = 256;   ///< ... at most,
+inline constexpr Index kBlockBytes = 1 << 18; ///< ... and about this many bytes of a full tile in between
 inline constexpr Index kWideBlockRows = 16;   ///< the same for rows of a vector or more (L1)
 inline constexpr Index kSumRows = 64;         ///< rows per block of the lane path's gradient sums
 inline constexpr Index kApplyRows = 256;      ///< rows per block of the lane path's elementwise pass
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
 inline constexpr Index kShortGroupBytes = 1 << 14;  ///< bytes of short channels per row-path group (L1)
-inline constexpr int kNarrowVectors = 8;       ///< lane tiles of at most this many vectors keep sums in registers
-inline constexpr int kGradStripVectors = 4;    ///< vectors per strip of wider tiles' gradient sums
-inline constexpr int kWideStripVectors = 16;   ///< ... the same, two sweeps (streaming from memory)
+inline constexpr int kNarrowVectors = 8;      ///< lane tiles of at most this many vectors keep sums in registers;
+                                              ///< statistic strips where rows are 4 KiB apart or more
+inline constexpr int kGradStripVectors = 4;   ///< gradient-sum strips of wider tiles, in cache or rows 4 KiB apart
+inline constexpr int kWideStripVectors = 16;  ///< strips of rows under 4 KiB apart: statistics, and gradient
+                                              ///< sums in two sweeps when streaming from memory
 inline constexpr Index kWideChannels = 64;   ///< channels per chunk of the wide-row traversal
 inline constexpr Index kWideBlockBytes = 1 << 18;  ///< bytes per row block of a chunk (L2)
 inline constexpr int kFlush = 8;              ///< T additions per lane before a flush to double
