@@ -11,9 +11,8 @@
 //              kNarrowVectors vectors, else strips), and lanes fold into channels at the end. A
 //              tile holds whole channels, at most kLanes lanes; a group is a range of whole
 //              tiles (a share of one when the tiles are fewer than the threads). Rows of a
-//              vector or more ("wide rows")
-//              keep per-channel constants instead and are read in memory order, each row one
-//              run across channels (for_each_chunk_block, apply_run).
+//              vector or more ("wide rows") keep per-channel constants instead and are read in
+//              memory order, each row one run across channels (for_each_chunk_block, apply_run).
 // A kernel finishes a group (statistics, then the elementwise pass) before the next, so the
 // second pass finds the group in cache when it fits (row path: one channel); groups are
 // independent, and run on OpenMP threads when the library is built with OpenMP
