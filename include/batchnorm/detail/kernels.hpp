@@ -234,7 +234,7 @@ struct DualSpanSum {
 
 struct Plan {
   bool row = true;       ///< row path, else lane path
-  Index group = 1;       ///< channels per group: 1 on the row path, a thread's share on the lane path
+  Index group = 1;       ///< channels per group (row path: 1, or several short ones; lane path: whole tiles)
   Index groups = 0;      ///< number of groups
   bool parallel = false; ///< run groups on OpenMP threads
   bool stream = false;   ///< write the output with non-temporal stores
@@ -258,6 +258,14 @@ constexpr bool wide_rows(const View& v) noexcept {
 /// Short channels on the row path: a channel is one chunk (at most kChunk values), so a group
 /// holds several (short_moments) to overlap their per-channel latencies.
 inline bool short_channels(const View& v) noexcept { return v.outer * v.inner <= kChunk; }
+
+/// Lane-path rows kPageBytes or more apart put a strip's rows in the same L1 sets: such strips
+/// stay narrow (lane_sums, lane_grad_rows).
+inline constexpr Index kPageBytes = 4096;
+template <class T>
+constexpr bool rows_share_sets(Index stride) noexcept {
+  return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;
+}
 
 /// Channels per lane tile: whole channels, at most kLanes lanes.
 inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
@@ -337,6 +345,17 @@ void add_segments(Index S, Index channels, const A (*part)[kSegmentChannels], A*
     for (Index s = 0; s < S; ++s) a += part[s][c];
     out[c] = a;
   }
+}
+
+/// Few channels or short rows (segments_of(v) > 1): f(sub, sub_plan, offset, s0, s1) sums the
+/// channels of each batch segment into s0[0..C), s1[0..C) (or leaves them zero), on the threads;
+/// the segments' sums are then added in segment order into sum0, sum1 (add_segments).
+template <class T, class A, class F>
+void segment_sums(const View& v, const Plan& p, F f, A* sum0, A* sum1) noexcept {
+  A s0[kSegments][kSegmentChannels] = {}, s1[kSegments][kSegmentChannels] = {};
+  for_each_segment<T>(v, p, [&](Index s, const View& sub, const Plan& sp, Index off) { f(sub, sp, off, s0[s], s1[s]); });
+  add_segments(segments_of(v), v.channels, s0, sum0);
+  add_segments(segments_of(v), v.channels, s1, sum1);
 }
 
 /// Calls f(c0, nc) for every group [c0, c0 + nc), on OpenMP threads if the plan says so.
@@ -554,18 +573,18 @@ inline bool narrow_dispatch(Index nl, F f) noexcept {
 }
 
 /// The partial sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most kFlush,
-/// stride apart), into t[0..NV):  t[j] = sum_r f(x[r] vector j, a[j], b[j]), rows in order (the
+/// stride apart), into t[0..NV):  t[j] = sum_r f(x[r] vector j, a[j]), rows in order (the
 /// NV vectors are NV independent chains). Every addition has at most one product operand (f's
 /// product, if any, meets the running sum), so that a compiler contracting a * b + c into a
 /// fused multiply-add (GCC's default) does it the same way in every code path: a lane's result
 /// never depends on which strip or tile holds it, nor on the thread count.
 template <class T, int NV, class F>
 inline void strip_sums(const T* x, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L, const T* a,
-                       const T* b, typename simd::Simd<T>::vec* t, F f) noexcept {
+                       typename simd::Simd<T>::vec* t, F f) noexcept {
   using S = simd::Simd<T>;
   for (int j = 0; j < NV; ++j) t[j] = S::zero();
   for (Index r = r0; r < r1; ++r)
-    for (int j = 0; j < NV; ++j) t[j] += f(L.load(x + r * stride, j), L.load(a, j), L.load(b, j));
+    for (int j = 0; j < NV; ++j) t[j] += f(L.load(x + r * stride, j), L.load(a, j));
 }
 
 template <class T, int NV>
@@ -588,35 +607,54 @@ inline void for_each_strip(Index nl, F f) noexcept {
   }
 }
 
+/// The A sums of the lanes of a narrow tile (NV vectors) in registers: zero, or load(s) from an
+/// array; add(t) adds T partial sums lane by lane (as flush_lanes); store(s) writes them back.
+template <class T, int NV>
+struct RegisterSums {
+  using S = simd::Simd<T>;
+  using A = accum_t<T>;
+  static constexpr Index W = S::lanes;
+  typename S::wide w[NV] = {};
+
+  void load(const A* s, Index nl) noexcept {
+    alignas(64) A lanes[NV * W] = {};
+    std::copy(s, s + nl, lanes);
+    for (int j = 0; j < NV; ++j) std::memcpy(&w[j], lanes + j * W, sizeof w[j]);
+  }
+  void add(const typename S::vec* t) noexcept {
+    for (int j = 0; j < NV; ++j) S::accumulate(w[j], t[j]);
+  }
+  void store(A* s, Index nl) const noexcept {
+    alignas(64) A lanes[NV * W];
+    for (int j = 0; j < NV; ++j) S::lanes_of(w[j], lanes + j * W);
+    std::copy(lanes, lanes + nl, s);
+  }
+};
+
 /// lane_sums for a narrow tile (nl lanes in NV vectors): strip_sums every kFlush rows, added to
 /// A sums kept in registers (lane arrays would chain the rows through store-to-load round trips).
 template <class T, int NV, class F>
-void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out,
-                      F f) noexcept {
-  using S = simd::Simd<T>;
+void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum_t<T>* out, F f) noexcept {
   const NarrowLanes<T, NV> L(nl);
-  typename S::vec t[NV];
-  typename S::wide w[NV];
-  for (int j = 0; j < NV; ++j) w[j] = typename S::wide{};
+  typename simd::Simd<T>::vec t[NV];
+  RegisterSums<T, NV> w;
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    strip_sums(x, stride, r0, std::min(rows, r0 + kFlush), L, a, b, t, f);
-    for (int j = 0; j < NV; ++j) S::accumulate(w[j], t[j]);
+    strip_sums(x, stride, r0, std::min(rows, r0 + kFlush), L, a, t, f);
+    w.add(t);
   }
-  alignas(64) accum_t<T> lanes[NV * S::lanes];
-  for (int j = 0; j < NV; ++j) S::lanes_of(w[j], lanes + j * S::lanes);
-  for (Index l = 0; l < nl; ++l) out[l] = lanes[l];
+  w.store(out, nl);
 }
 
 /// Per-lane sums over `rows` rows (stride apart) of nl lanes:
-///   out[l] = sum_r f(x[r][l], a[l], b[l])
+///   out[l] = sum_r f(x[r][l], a[l])
 /// kFlush rows at a time, in strips summed in registers (strip_sums), then added to out in A.
 /// Strips of kWideStripVectors vectors (memory read in long runs: (25088, 256) floats 1.2x ->
 /// 0.65x memcpy) unless rows are 4 KiB apart or more, where a strip's rows would share L1 sets
 /// (kNarrowVectors vectors then). Narrow tiles keep the A sums in registers too
 /// (narrow_lane_sums). The same additions per lane in every case.
 template <class T, class F>
-void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const T* b, accum_t<T>* out, F f) noexcept {
-  if (narrow_dispatch<T>(nl, [&](auto nv) { narrow_lane_sums<T, decltype(nv)::value>(x, stride, rows, nl, a, b, out, f); }))
+void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum_t<T>* out, F f) noexcept {
+  if (narrow_dispatch<T>(nl, [&](auto nv) { narrow_lane_sums<T, decltype(nv)::value>(x, stride, rows, nl, a, out, f); }))
     return;
   for (Index l = 0; l < nl; ++l) out[l] = 0;
   using S = simd::Simd<T>;
@@ -624,11 +662,11 @@ void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, const
     const Index r1 = std::min(rows, r0 + kFlush);
     const auto strip = [&](Index l0, const auto& L) {
       typename S::vec t[std::decay_t<decltype(L)>::vectors];
-      strip_sums(x + l0, stride, r0, r1, L, a + l0, b + l0, t, f);
+      strip_sums(x + l0, stride, r0, r1, L, a + l0, t, f);
       L.flush(t, out + l0);
     };
-    if (stride * static_cast<Index>(sizeof(T)) < 4096) for_each_strip<T, kWideStripVectors>(nl, strip);
-    else for_each_strip<T, kNarrowVectors>(nl, strip);
+    if (rows_share_sets<T>(stride)) for_each_strip<T, kNarrowVectors>(nl, strip);
+    else for_each_strip<T, kWideStripVectors>(nl, strip);
   }
 }
 
@@ -695,7 +733,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
       return;
     }
     for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
-    lane_sums(blk, stride, rows, nl, shift, shift, bsum, [](auto xv, auto s, auto) { return xv - s; });
+    lane_sums(blk, stride, rows, nl, shift, bsum, [](auto xv, auto s) { return xv - s; });
     // Block means per lane, relative to the first value of the lane's channel (x[(t0 + k) * I]).
     const A a_rows = static_cast<A>(rows);
     const auto block_mean = [&](Index l, A origin) {
@@ -712,7 +750,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
       for (Index k = 0; k < nt; ++k)
         for (Index i = 0; i < I; ++i) block_mean(k * I + i, static_cast<A>(x[(t0 + k) * I]));
     }
-    lane_sums(blk, stride, rows, nl, head, head, bm2, [](auto xv, auto h, auto) {
+    lane_sums(blk, stride, rows, nl, head, bm2, [](auto xv, auto h) {
       const auto e = xv - h;
       return e * e;
     });
@@ -832,22 +870,15 @@ inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Inde
 template <class T, int NV>
 void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index nl, const T* head,
                        accum_t<T>* s0, accum_t<T>* s1) noexcept {
-  using S = simd::Simd<T>;
-  using A = accum_t<T>;
-  constexpr Index W = S::lanes;
   const NarrowLanes<T, NV> L(nl);
-  typename S::vec t0[NV], t1[NV];
-  typename S::wide w0[NV], w1[NV];
-  alignas(64) A lanes0[NV * W] = {}, lanes1[NV * W] = {};
-  std::copy(s0, s0 + nl, lanes0), std::copy(s1, s1 + nl, lanes1);
-  for (int j = 0; j < NV; ++j)
-    std::memcpy(&w0[j], lanes0 + j * W, sizeof w0[j]), std::memcpy(&w1[j], lanes1 + j * W, sizeof w1[j]);
+  typename simd::Simd<T>::vec t0[NV], t1[NV];
+  RegisterSums<T, NV> w0, w1;
+  w0.load(s0, nl), w1.load(s1, nl);
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
     strip_grad_sums<false>(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, head, t0, t1);
-    for (int j = 0; j < NV; ++j) S::accumulate(w0[j], t0[j]), S::accumulate(w1[j], t1[j]);
+    w0.add(t0), w1.add(t1);
   }
-  for (int j = 0; j < NV; ++j) S::lanes_of(w0[j], lanes0 + j * W), S::lanes_of(w1[j], lanes1 + j * W);
-  std::copy(lanes0, lanes0 + nl, s0), std::copy(lanes1, lanes1 + nl, s1);
+  w0.store(s0, nl), w1.store(s1, nl);
 }
 
 /// Sums over the channels of a group of dy and of dy * d, d = x - mean_c, into sum_dy[0..nc),
@@ -941,7 +972,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
       lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1,
-                     p.stream && stride * static_cast<Index>(sizeof(T)) < 4096);
+                     p.stream && !rows_share_sets<T>(stride));
     }
     if (I > 1)  // the block's lane sums into the channels', lane by lane
       for (Index k = 0; k < nt; ++k)

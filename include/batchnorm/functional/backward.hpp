@@ -89,17 +89,15 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
   // Evaluated as dy * p + ((x - head) * q + r): each addition has one product operand, so a
   // compiler that contracts into fused multiply-adds does it the same way in every code path.
   const auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + ((xv - h) * q + r); };
-  if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
+  if (batchnorm::detail::segments_of(v) > 1) {
     // Few channels or short rows: the sums of each batch segment on the threads, added in
     // segment order, then dx split over the batch.
-    using batchnorm::detail::kSegmentChannels;
-    using batchnorm::detail::kSegments;
-    A s0[kSegments][kSegmentChannels], s1[kSegments][kSegmentChannels];
-    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index s, const View& sub, const auto& sp, Index off) {
-      batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0[s], s1[s]);
-    });
-    batchnorm::detail::add_segments(S, v.channels, s0, scratch.sum_dy);
-    batchnorm::detail::add_segments(S, v.channels, s1, scratch.sum_dy_d);
+    batchnorm::detail::segment_sums<T>(
+        v, plan,
+        [&](const View& sub, const auto& sp, Index off, A* s0, A* s1) {
+          batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0, s1);
+        },
+        scratch.sum_dy, scratch.sum_dy_d);
     detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
     if (dx && m > 0)
       batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
@@ -152,20 +150,15 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
       batchnorm::detail::group_apply<T, false>(dy + off, nullptr, dx + off, w, p, c0, nc, scale_coef, scale);
     }
   };
-  if (const Index S = batchnorm::detail::segments_of(v); S > 1) {
+  if (batchnorm::detail::segments_of(v) > 1) {
     // Few channels or short rows: the pass over each batch segment on the threads, sums added
     // in segment order.
-    using batchnorm::detail::kSegmentChannels;
-    using batchnorm::detail::kSegments;
-    A s0[kSegments][kSegmentChannels], s1[kSegments][kSegmentChannels];
-    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index s, const View& sub, const auto& sp, Index off) {
-      pass(sub, sp, off, 0, sub.channels, s0[s], s1[s]);
-    });
-    if (dweight || dbias) {
-      batchnorm::detail::add_segments(S, v.channels, s0, scratch.sum_dy);
-      batchnorm::detail::add_segments(S, v.channels, s1, scratch.sum_dy_d);
+    batchnorm::detail::segment_sums<T>(
+        v, plan,
+        [&](const View& sub, const auto& sp, Index off, A* s0, A* s1) { pass(sub, sp, off, 0, sub.channels, s0, s1); },
+        scratch.sum_dy, scratch.sum_dy_d);
+    if (dweight || dbias)
       detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
-    }
   } else {
     batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
       pass(v, plan, 0, c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
