@@ -67,18 +67,34 @@ void run_eigen_naive(benchmark::State& state, const Shape& shape, int threads) {
 /// (channels-last, ColMajor): its statistics need every value before the first output, so a
 /// tensor larger than the last-level cache is read twice from memory. Timed: a read-only pass
 /// (x; x and dy for backward), then the write pass (y = s * x; the triad for backward), both at
-/// full bandwidth with no arithmetic to speak of. No kernel in such a layout can beat it.
+/// full bandwidth with no arithmetic to speak of. The write pass uses non-temporal or plain
+/// stores, whichever is faster for this size (a short trial before the measurement: streaming
+/// wins beyond the last-level cache, plain stores within it). No kernel in such a layout can
+/// beat it.
 template <class T>
 void run_floor(benchmark::State& state, const Shape& shape, Op op, int threads) {
   const auto n = static_cast<std::size_t>(shape.size());
   bench::Buffer<T> x(n, 1), dy(n, 2), out(n, 3);
   bench::set_threads(threads);
-  bench::measure<T>(state, op, n, threads, [&] {
+  const auto pass = [&](bool stream) {
     const T s = bench::read_sum(x.data(), op == Op::backward_train ? dy.data() : nullptr, n, threads);
     benchmark::DoNotOptimize(s);
-    if (op == Op::backward_train) bench::triad_baseline(x.data(), dy.data(), out.data(), n, threads);
-    else bench::scale_baseline(x.data(), out.data(), n, threads);
-  });
+    if (op == Op::backward_train) bench::triad_baseline(x.data(), dy.data(), out.data(), n, threads, stream);
+    else bench::scale_baseline(x.data(), out.data(), n, threads, stream);
+  };
+  const auto trial = [&](bool stream) {
+    std::vector<double> t;
+    for (int k = 0; k < 15; ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      pass(stream);
+      benchmark::ClobberMemory();
+      t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return bench::median(t);
+  };
+  const bool stream = trial(true) <= trial(false);
+  state.SetLabel(stream ? "non-temporal stores" : "plain stores");
+  bench::measure<T>(state, op, n, threads, [&] { pass(stream); });
 }
 
 }  // namespace

@@ -113,15 +113,15 @@ void memcpy_baseline(const T* src, T* dst, std::size_t n, int threads) {
 }
 
 /// STREAM triad c = a + s * b over n values, with non-temporal stores where the ISA has them
-/// (as the best memcpy), on `threads` threads.
+/// (as the best memcpy), or plain ones if !stream, on `threads` threads.
 template <class T>
-void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads) {
+void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads, bool stream = true) {
   split(n, threads, [&](std::size_t begin, std::size_t end) {
     std::size_t k = begin;
 #if defined(__AVX__)
     constexpr std::size_t w = 32 / sizeof(T);
-    for (; k < end && (reinterpret_cast<std::uintptr_t>(c + k) % 32) != 0; ++k) c[k] = a[k] + T(0.5) * b[k];
-    for (; k + w <= end; k += w) {
+    for (; stream && k < end && (reinterpret_cast<std::uintptr_t>(c + k) % 32) != 0; ++k) c[k] = a[k] + T(0.5) * b[k];
+    for (; stream && k + w <= end; k += w) {
       if constexpr (sizeof(T) == 4)
         _mm256_stream_ps(c + k, _mm256_add_ps(_mm256_loadu_ps(a + k), _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(b + k))));
       else
@@ -133,16 +133,16 @@ void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads) {
   });
 }
 
-/// out = s * x over n values with non-temporal stores where the ISA has them (the write pass of
-/// a forward), on `threads` threads.
+/// out = s * x over n values with non-temporal stores where the ISA has them, or plain ones if
+/// !stream (the write pass of a forward), on `threads` threads.
 template <class T>
-void scale_baseline(const T* x, T* out, std::size_t n, int threads) {
+void scale_baseline(const T* x, T* out, std::size_t n, int threads, bool stream = true) {
   split(n, threads, [&](std::size_t begin, std::size_t end) {
     std::size_t k = begin;
 #if defined(__AVX__)
     constexpr std::size_t w = 32 / sizeof(T);
-    for (; k < end && (reinterpret_cast<std::uintptr_t>(out + k) % 32) != 0; ++k) out[k] = T(0.5) * x[k];
-    for (; k + w <= end; k += w) {
+    for (; stream && k < end && (reinterpret_cast<std::uintptr_t>(out + k) % 32) != 0; ++k) out[k] = T(0.5) * x[k];
+    for (; stream && k + w <= end; k += w) {
       if constexpr (sizeof(T) == 4)
         _mm256_stream_ps(out + k, _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(x + k)));
       else
