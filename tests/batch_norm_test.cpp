@@ -342,6 +342,116 @@ TEST_CASE("an empty batch: empty output, running statistics kept, counter advanc
 }
 
 // ---------------------------------------------------------------------------------------------
+// Synchronized modules without MPI (tests/mpi_test.cpp runs them on several ranks): a group of
+// one, the calls to the communicator, and a failing peer simulated by a communicator.
+
+namespace {
+/// A group of one that records its calls and can play a peer whose checks failed (rank 3).
+struct ScriptedCommunicator final : batchnorm::Communicator {
+  std::vector<std::pair<std::size_t, batchnorm::ReduceOp>> calls;
+  bool peer_fails = false;
+  int rank() const override { return 0; }
+  int size() const override { return 4; }
+  void all_reduce(double* data, std::size_t n, batchnorm::ReduceOp op) override {
+    calls.emplace_back(n, op);
+    if (!peer_fails) return;
+    std::vector<double> peer(n, 0.0);  // the peer's buffer: failed, no samples, zero sums
+    peer[0] = 1, peer[1] = 3;
+    batchnorm::combine(data, peer.data(), n, op);  // rank 0's buffer first
+    std::copy(peer.begin(), peer.end(), data);
+  }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("a synchronized module over a group of one equals the local module", "[module][sync]", float, double) {
+  using T = TestType;
+  batchnorm::SingleProcess single;
+  for (const bool last : {false, true}) {
+    const auto opts = BatchNormOptions(5).channels_last(last);
+    BatchNorm2d<T> local(opts), sync(opts, single);
+    CHECK(local.communicator() == nullptr);
+    CHECK(sync.communicator() == &single);
+    for (std::uint32_t step = 0; step < 2; ++step) {
+      const auto x = random_tensor<T, 4>({3, last ? 4 : 5, 6, last ? 5 : 4}, 2.0, 3.0, 300 + step);
+      const auto dy = random_tensor<T, 4>({3, last ? 4 : 5, 6, last ? 5 : 4}, 0.0, 1.0, 310 + step);
+      CHECK(worst(sync.forward(x), local.forward(x)) == 0);
+      CHECK(worst(sync.backward(x, dy), local.backward(x, dy)) == 0);
+      for (Eigen::Index c = 0; c < 5; ++c) {
+        CHECK(sync.weight_grad()(c) == local.weight_grad()(c));
+        CHECK(sync.bias_grad()(c) == local.bias_grad()(c));
+        CHECK(sync.running_mean()(c) == local.running_mean()(c));
+        CHECK(sync.running_var()(c) == local.running_var()(c));
+      }
+    }
+  }
+}
+
+TEST_CASE("a synchronized module makes one all_reduce per training call, none in eval", "[module][sync]") {
+  ScriptedCommunicator comm;
+  BatchNorm2d<double> bn(BatchNormOptions(7), comm);
+  const auto x = random_tensor<double, 4>({2, 7, 3, 3}, 0.0, 1.0, 320);
+  (void)bn.forward(x);
+  (void)bn.backward(x, x);
+  bn.eval();
+  (void)bn.forward(x);
+  (void)bn.backward(x, x);
+  REQUIRE(comm.calls.size() == 2);
+  CHECK(comm.calls[0].first == batchnorm::kStatusSize + 3 * 7);
+  CHECK(comm.calls[0].second == batchnorm::ReduceOp::moments);
+  CHECK(comm.calls[1].first == batchnorm::kStatusSize + 2 * 7);
+  CHECK(comm.calls[1].second == batchnorm::ReduceOp::sum);
+}
+
+TEST_CASE("a peer's failed checks: PeerError on this rank, and nothing changed", "[module][sync][errors]") {
+  ScriptedCommunicator comm;
+  BatchNorm2d<float> bn(BatchNormOptions(3), comm);
+  const auto x = random_tensor<float, 4>({2, 3, 4, 4}, 1.0, 2.0, 330);
+  const auto dy = random_tensor<float, 4>({2, 3, 4, 4}, 0.0, 1.0, 331);
+  const auto y = bn.forward(x);
+  const auto dx = bn.backward(x, dy);
+  const float rm = bn.running_mean()(1), rv = bn.running_var()(1), dw = bn.weight_grad()(1);
+  comm.peer_fails = true;
+  Eigen::Tensor<float, 4, Eigen::RowMajor> out = y, x5 = x.constant(5.0f), dy1 = dy.constant(1.0f);
+  expect_throw<batchnorm::PeerError>([&] { bn.forward(x5, out); },
+                                     "BatchNorm2d::forward: 1 rank(s) failed their checks, first rank 3 (which throws the "
+                                     "reason); nothing was changed");
+  CHECK(worst(out, y) == 0);
+  CHECK(bn.num_batches_tracked() == 1);
+  CHECK(bn.running_mean()(1) == rm);
+  CHECK(bn.running_var()(1) == rv);
+  // backward still refers to the last successful forward
+  expect_throw<batchnorm::PeerError>([&] { (void)bn.backward(x, dy1); }, "BatchNorm2d::backward: 1 rank(s)");
+  CHECK(bn.weight_grad()(1) == dw);
+  comm.peer_fails = false;
+  CHECK(worst(bn.backward(x, dy), dx) == 0);
+  try {
+    comm.peer_fails = true;
+    (void)bn.forward(x);
+  } catch (const batchnorm::PeerError& e) {
+    CHECK(e.failed_ranks() == 1);
+    CHECK(e.first_rank() == 3);
+  }
+}
+
+TEST_CASE("combine merges (count, mean, M2) as Chan et al. and adds sums", "[module][sync]") {
+  // Ranks a = {1, 2, 3} and b = {10, 20}: n 5, mean 7.2, M2 = 6.2^2 + 5.2^2 + 4.2^2 + 2.8^2 + 12.8^2 = 254.8.
+  std::vector<double> a{0, -1, 3, 2, 2}, b{1, 2, 2, 15, 50};
+  batchnorm::combine(a.data(), b.data(), b.size(), batchnorm::ReduceOp::moments);
+  CHECK(b[0] == 1);  // one failed rank, rank 2
+  CHECK(b[1] == 2);
+  CHECK(b[2] == 5);
+  CHECK(b[3] == Approx(7.2).epsilon(1e-15));
+  CHECK(b[4] == Approx(254.8).epsilon(1e-15));
+  // An empty side is neutral.
+  std::vector<double> e{0, -1, 0, 0, 0}, c{0, -1, 3, 2, 2};
+  batchnorm::combine(e.data(), c.data(), c.size(), batchnorm::ReduceOp::moments);
+  CHECK(c == std::vector<double>{0, -1, 3, 2, 2});
+  std::vector<double> s1{1, 0, 1.5, -2}, s2{1, 1, 2.5, 4};
+  batchnorm::combine(s1.data(), s2.data(), s2.size(), batchnorm::ReduceOp::sum);
+  CHECK(s2 == std::vector<double>{2, 0, 4, 2});
+}
+
+// ---------------------------------------------------------------------------------------------
 // No allocation in forward(x, y) and backward(x, dy, dx): a counting global operator new.
 // Not in sanitizer builds: AddressSanitizer replaces operator new itself and would report our
 // malloc/free pair as a mismatch with its own.
@@ -402,6 +512,10 @@ TEMPLATE_TEST_CASE("forward(x, y) and backward(x, dy, dx) allocate nothing", "[m
   run(a, x2);
   run(b, x3);
   run(c, xl);
+  // The synchronized module too (its all_reduce buffer is allocated when it is built).
+  batchnorm::SingleProcess single;
+  BatchNorm2d<T> s(BatchNormOptions(16), single);
+  run(s, x2);
   // The counter does count: building a module allocates its O(C) state.
   CHECK(allocations_in([] { BatchNorm2d<T> d(BatchNormOptions(16)); }) >= 1);
 }

@@ -421,6 +421,59 @@ TEMPLATE_TEST_CASE("merged micro-batch statistics equal those of the whole batch
   CHECK(worst_rel_err(y_parts, y_all) <= naive_tol<T>());
 }
 
+TEMPLATE_TEST_CASE("backward_sums then backward_dx equal backward_training; sums of shards add up", "[functional][split]",
+                   float, double) {
+  using T = TestType;
+  // Both paths, a segmented view (few channels) and a lane view.
+  for (const View v : {View{6, 3, 40}, View{3000, 2, 30}, View{200, 37, 1}}) {
+    INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << ")");
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto C = static_cast<std::size_t>(v.channels);
+    const auto x = normal_values<T>(n, 3.0, 2.0, 61);
+    const auto dy = normal_values<T>(n, 0.5, 1.0, 62);
+    const auto w = normal_values<T>(C, 1.0, 0.2, 63);
+    std::vector<T> y(n), dx(n), dx_split(n), dw(C), db(C);
+    std::vector<Acc<T>> mean(C), invstd(C), sum_dy(C), sum_dy_d(C);
+    F::forward_training(x.data(), v, w.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+                        static_cast<T*>(nullptr), 0.0, 1e-5, y.data(), mean.data(), invstd.data());
+    F::backward_training(x.data(), dy.data(), v, mean.data(), invstd.data(), w.data(), dx.data(), dw.data(), db.data());
+    F::backward_sums(x.data(), dy.data(), v, mean.data(), sum_dy.data(), sum_dy_d.data());
+    F::backward_dx(x.data(), dy.data(), v, mean.data(), invstd.data(), w.data(), v.count(), sum_dy.data(),
+                   sum_dy_d.data(), dx_split.data());
+    CHECK(dx_split == dx);
+    for (std::size_t c = 0; c < C; ++c) {
+      CHECK(static_cast<T>(sum_dy[c]) == db[c]);
+      CHECK(static_cast<T>(sum_dy_d[c] * invstd[c]) == dw[c]);
+    }
+    // The batch cut in two (outer-axis halves): the halves' sums add up to the whole's, and dx
+    // of each half from the added sums over the whole count is the whole's dx.
+    const Index half = v.outer / 2, off = half * v.channels * v.inner;
+    std::vector<Acc<T>> s0a(C), s1a(C), s0b(C), s1b(C);
+    F::backward_sums(x.data(), dy.data(), View{half, v.channels, v.inner}, mean.data(), s0a.data(), s1a.data());
+    F::backward_sums(x.data() + off, dy.data() + off, View{v.outer - half, v.channels, v.inner}, mean.data(), s0b.data(),
+                     s1b.data());
+    for (std::size_t c = 0; c < C; ++c) {
+      s0a[c] += s0b[c], s1a[c] += s1b[c];
+      // The float sums run in T for at most kFlush values a lane: a different cut, different partials.
+      const double tol = std::is_same_v<T, float> ? kFloatPartialSumTol : 1e-13;
+      CHECK(rel_err(s0a[c], sum_dy[c]) <= tol * std::sqrt(static_cast<double>(v.count())));
+      CHECK(rel_err(s1a[c], sum_dy_d[c]) <= tol * std::sqrt(static_cast<double>(v.count())));
+    }
+    std::vector<T> dx_half(n);
+    F::backward_dx(x.data() + off, dy.data() + off, View{v.outer - half, v.channels, v.inner}, mean.data(), invstd.data(),
+                   w.data(), v.count(), sum_dy.data(), sum_dy_d.data(), dx_half.data() + off);
+    CHECK(std::vector<T>(dx_half.begin() + static_cast<std::ptrdiff_t>(off), dx_half.end()) ==
+          std::vector<T>(dx.begin() + static_cast<std::ptrdiff_t>(off), dx.end()));
+  }
+  std::vector<double> s(2), x(4, 1.0), mean(2), invstd(2, 1.0);
+  expect_throw<std::invalid_argument>(
+      [&] {
+        F::backward_dx(x.data(), x.data(), View{2, 2, 1}, mean.data(), invstd.data(), static_cast<double*>(nullptr), 1,
+                       s.data(), s.data(), x.data());
+      },
+      "batchnorm::functional::backward_dx: count must be at least the view's 2 values a channel, got 1");
+}
+
 TEMPLATE_TEST_CASE("in place: y may be x, dx may be dy", "[functional]", float, double) {
   using T = TestType;
   const View v{5, 3, 40};

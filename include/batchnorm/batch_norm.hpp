@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -10,6 +11,7 @@
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#include "communicator.hpp"
 #include "detail/eigen.hpp"
 #include "detail/errors.hpp"
 #include "functional.hpp"
@@ -55,6 +57,10 @@ constexpr bool check_rank() noexcept {
 /// statistics of the last forward: O(C) memory, nothing input-sized. backward takes the input
 /// of the last forward explicitly. Every call checks its arguments first and, when it throws,
 /// changes nothing (strong guarantee). The module is not thread-safe; use one per thread.
+///
+/// Synchronized batch norm (PyTorch's SyncBatchNorm): built with a Communicator, the module
+/// takes its training statistics over the samples of every rank of the communicator's group
+/// (see the constructor); the API is the same.
 template <class Scalar, int SpatialDims>
 class BatchNorm {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
@@ -88,6 +94,32 @@ class BatchNorm {
     workspace_.assign(static_cast<std::size_t>(2 * c), Acc(0));
     reset_parameters();
   }
+
+  /// The synchronized module: as BatchNorm(options), and in training mode every forward takes
+  /// the batch statistics over the samples of all ranks of comm (one all_reduce of
+  /// 2 + 3 * num_features doubles: per channel (count, mean, M2), merged as Chan et al.), and
+  /// every backward after such a forward adds the ranks' gradient sums (one all_reduce of
+  /// 2 + 2 * num_features doubles) so that dx is that of the concatenated batch:
+  ///   m = sum_r m_r,  dx = k_c * (dy - sum_dy_c / m - xhat * dweight_c / m)  with the global sums.
+  /// Running statistics use the global count (unbiased var * m / (m - 1)) and are the same
+  /// bytes on every rank. weight_grad() and bias_grad() are this rank's contributions, as
+  /// PyTorch's SyncBatchNorm: summed over the ranks (the data-parallel gradient all-reduce does
+  /// it) they are the gradients of the concatenated batch. Ranks may hold different batch sizes,
+  /// including none. Eval mode is local (running statistics, no communication), as in PyTorch.
+  ///
+  /// Collective rules: every rank builds its module with the same options and calls forward and
+  /// backward alike (same order, same mode). Errors stay collective: a rank whose call fails its
+  /// checks (wrong shape or channel count, backward before forward, ...) still joins the
+  /// all_reduce, flagging the failure; then it throws its own error and every other rank throws
+  /// PeerError, and nothing changed anywhere. One value per channel over all ranks in training
+  /// throws the same std::invalid_argument on every rank. comm must outlive the module.
+  BatchNorm(const BatchNormOptions& options, Communicator& comm) : BatchNorm(options) {
+    comm_ = &comm;
+    reduce_.assign(kStatusSize + 3 * static_cast<std::size_t>(options.num_features()), 0.0);
+  }
+
+  /// The communicator of a synchronized module, nullptr for a local one.
+  Communicator* communicator() const noexcept { return comm_; }
 
   const BatchNormOptions& options() const noexcept { return options_; }
   std::int64_t num_features() const noexcept { return options_.num_features(); }
@@ -145,18 +177,10 @@ class BatchNorm {
   void forward(const X& x, Y&& y) {
     check_input_type<X>();
     check_output_type<X, Y>();
-    const detail::Shape shape = detail::Shape::of(x);
-    check_shape("forward", shape);
-    if (detail::Shape::of(y) != shape)
-      detail::throw_invalid(op("forward"), "expected output y of shape " + detail::shape_string(shape) + ", got " +
-                                              detail::shape_string(detail::Shape::of(y)));
-    check_state("forward");
-    const functional::View v = detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
+    if (comm_ && training_) return forward_synchronized(x, y);
+    const functional::View v = check_forward(x, y);
     const bool batch_stats = training_ || !options_.track_running_stats();
-    if (batch_stats && v.count() == 1)
-      detail::throw_invalid(op("forward"), "expected more than 1 value per channel when " +
-                                               std::string(training_ ? "training" : "normalizing with batch statistics (track_running_stats off)") +
-                                               ", got input of shape " + detail::shape_string(shape));
+    if (batch_stats && v.count() == 1) throw_one_value(detail::Shape::of(x));
     const Scalar* w = options_.affine() ? weight_.data() : nullptr;
     const Scalar* b = options_.affine() ? bias_.data() : nullptr;
     if (batch_stats) {
@@ -171,7 +195,7 @@ class BatchNorm {
                                   save_mean_.data(), save_invstd_.data());
       functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(), w, b, y.data());
     }
-    saved_ = Saved{true, batch_stats, shape, detail::is_row_major_v<X>};
+    saved_ = Saved{true, batch_stats, detail::Shape::of(x), detail::is_row_major_v<X>, false, v.count()};
   }
 
   /// dx = d loss / d x for the last forward, given its input x and dy = d loss / d y, into a new
@@ -198,20 +222,10 @@ class BatchNorm {
     check_output_type<X, DX>();
     static_assert(detail::is_row_major_v<X> == detail::is_row_major_v<DY>,
                   "batchnorm: x and dy must have the same storage order");
-    if (!saved_.valid) detail::throw_logic(op("backward"), "called before any forward");
-    const detail::Shape shape = detail::Shape::of(x);
-    if (shape != saved_.shape || detail::is_row_major_v<X> != saved_.row_major)
-      detail::throw_invalid(op("backward"), "x must be the input of the last forward, of shape " +
-                                                detail::shape_string(saved_.shape) + ", got " + detail::shape_string(shape) +
-                                                (detail::is_row_major_v<X> != saved_.row_major ? " in the other storage order" : ""));
-    if (detail::Shape::of(dy) != shape)
-      detail::throw_invalid(op("backward"), "expected dy of the shape of x " + detail::shape_string(shape) + ", got " +
-                                                detail::shape_string(detail::Shape::of(dy)));
-    if (detail::Shape::of(dx) != shape)
-      detail::throw_invalid(op("backward"), "expected output dx of the shape of x " + detail::shape_string(shape) +
-                                                ", got " + detail::shape_string(detail::Shape::of(dx)));
-    check_state("backward");
-    const functional::View v = detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
+    // A synchronized module communicates after a synchronized forward, or when there was none
+    // (then every rank fails together).
+    if (comm_ && (saved_.synchronized || !saved_.valid)) return backward_synchronized(x, dy, dx);
+    const functional::View v = check_backward(x, dy, dx);
     const bool affine = options_.affine();
     const Scalar* w = affine ? weight_.data() : nullptr;
     Scalar* dw = affine ? weight_grad_.data() : nullptr;
@@ -230,9 +244,144 @@ class BatchNorm {
     bool batch_stats = false;
     detail::Shape shape;
     bool row_major = false;
+    bool synchronized = false;  // statistics over every rank of comm_
+    std::int64_t count = 0;     // values a channel the statistics were taken over (all ranks)
   };
 
   static std::string op(const char* fn) { return std::string(Traits::name) + "::" + fn; }
+
+  /// The checks of forward(x, y); returns x's view.
+  template <class X, class Y>
+  functional::View check_forward(const X& x, const Y& y) const {
+    const detail::Shape shape = detail::Shape::of(x);
+    check_shape("forward", shape);
+    if (detail::Shape::of(y) != shape)
+      detail::throw_invalid(op("forward"), "expected output y of shape " + detail::shape_string(shape) + ", got " +
+                                              detail::shape_string(detail::Shape::of(y)));
+    check_state("forward");
+    return detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
+  }
+
+  [[noreturn]] void throw_one_value(const detail::Shape& shape) const {
+    detail::throw_invalid(op("forward"), "expected more than 1 value per channel when " +
+                                             std::string(training_ ? "training" : "normalizing with batch statistics (track_running_stats off)") +
+                                             ", got input of shape " + detail::shape_string(shape));
+  }
+
+  /// The checks of backward(x, dy, dx); returns x's view.
+  template <class X, class DY, class DX>
+  functional::View check_backward(const X& x, const DY& dy, const DX& dx) const {
+    if (!saved_.valid) detail::throw_logic(op("backward"), "called before any forward");
+    const detail::Shape shape = detail::Shape::of(x);
+    if (shape != saved_.shape || detail::is_row_major_v<X> != saved_.row_major)
+      detail::throw_invalid(op("backward"), "x must be the input of the last forward, of shape " +
+                                                detail::shape_string(saved_.shape) + ", got " + detail::shape_string(shape) +
+                                                (detail::is_row_major_v<X> != saved_.row_major ? " in the other storage order" : ""));
+    if (detail::Shape::of(dy) != shape)
+      detail::throw_invalid(op("backward"), "expected dy of the shape of x " + detail::shape_string(shape) + ", got " +
+                                                detail::shape_string(detail::Shape::of(dy)));
+    if (detail::Shape::of(dx) != shape)
+      detail::throw_invalid(op("backward"), "expected output dx of the shape of x " + detail::shape_string(shape) +
+                                                ", got " + detail::shape_string(detail::Shape::of(dx)));
+    check_state("backward");
+    return detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
+  }
+
+  /// The collective step of a synchronized call: reduce_[0, n) holds this rank's status record
+  /// (written here from `error`) and its payload; after the all_reduce, if any rank failed,
+  /// this one throws its own error or PeerError. Nothing has been changed before this point.
+  void all_reduce_checked(const char* fn, std::size_t n, ReduceOp reduce_op, const std::exception_ptr& error) {
+    reduce_[0] = error ? 1.0 : 0.0;
+    reduce_[1] = error ? static_cast<double>(comm_->rank()) : -1.0;
+    comm_->all_reduce(reduce_.data(), n, reduce_op);
+    if (error) std::rethrow_exception(error);
+    if (reduce_[0] > 0) {
+      const int failed = static_cast<int>(reduce_[0]), first = static_cast<int>(reduce_[1]);
+      throw PeerError(op(fn) + ": " + std::to_string(failed) + " rank(s) failed their checks, first rank " +
+                          std::to_string(first) + " (which throws the reason); nothing was changed",
+                      failed, first);
+    }
+  }
+
+  /// Training forward over every rank of comm_ (see the constructor): local moments, one
+  /// all_reduce (status, then per-channel (count, mean, M2)), then as forward_training with
+  /// the global statistics: running update with the global count m, invstd, normalize.
+  template <class X, class Y>
+  void forward_synchronized(const X& x, Y& y) {
+    const std::size_t C = static_cast<std::size_t>(options_.num_features());
+    std::exception_ptr error;
+    functional::View v;
+    try {
+      v = check_forward(x, y);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    double* triples = reduce_.data() + kStatusSize;
+    if (!error) {
+      // Local moments (mean, M2) into the scratch workspace_, then (m_r, mean, M2) per channel.
+      Acc* mean = workspace_.data();
+      Acc* m2 = workspace_.data() + C;
+      functional::batch_moments(x.data(), v, mean, m2);
+      for (std::size_t c = 0; c < C; ++c)
+        triples[3 * c] = static_cast<double>(v.count()), triples[3 * c + 1] = mean[c], triples[3 * c + 2] = m2[c];
+    } else {
+      std::fill(triples, triples + 3 * C, 0.0);  // neutral: no samples
+    }
+    all_reduce_checked("forward", kStatusSize + 3 * C, ReduceOp::moments, error);
+    const auto m = static_cast<std::int64_t>(triples[0]);  // every channel has the same count
+    if (m == 1)
+      detail::throw_invalid(op("forward"),
+                            "expected more than 1 value per channel when training, got 1 over all " +
+                                std::to_string(comm_->size()) + " ranks");
+    // From here nothing throws.
+    const bool update = options_.track_running_stats();
+    const double factor = update ? functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1) : 0.0;
+    for (std::size_t c = 0; c < C; ++c) {
+      const Acc var = m > 0 ? static_cast<Acc>(triples[3 * c + 2]) / static_cast<Acc>(m) : Acc(0);
+      save_mean_[c] = m > 0 ? static_cast<Acc>(triples[3 * c + 1]) : Acc(0);
+      if (update && m > 0)
+        functional::update_running_stats<Scalar>(1, &save_mean_[c], &var, static_cast<functional::Index>(m), factor,
+                                                 running_mean_.data() + c, running_var_.data() + c);
+      save_invstd_[c] = functional::invstd_of(var, options_.eps());
+    }
+    if (update) ++num_batches_tracked_;
+    functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(),
+                          options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr,
+                          y.data());
+    saved_ = Saved{true, true, detail::Shape::of(x), detail::is_row_major_v<X>, true, m};
+  }
+
+  /// Training backward after a synchronized forward: local sums (backward_sums), one
+  /// all_reduce (status, then sum_dy and sum_dy_d of every channel, added), this rank's dweight
+  /// and dbias from its own sums, dx from the global sums over the global count.
+  template <class X, class DY, class DX>
+  void backward_synchronized(const X& x, const DY& dy, DX& dx) {
+    const std::size_t C = static_cast<std::size_t>(options_.num_features());
+    std::exception_ptr error;
+    functional::View v;
+    try {
+      v = check_backward(x, dy, dx);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    double* sums = reduce_.data() + kStatusSize;  // sum_dy [0, C), sum_dy_d [C, 2C)
+    if (!error) {
+      functional::backward_sums(x.data(), dy.data(), v, save_mean_.data(), workspace_.data(), workspace_.data() + C);
+      std::copy(workspace_.begin(), workspace_.end(), sums);
+    } else {
+      std::fill(sums, sums + 2 * C, 0.0);
+    }
+    all_reduce_checked("backward", kStatusSize + 2 * C, ReduceOp::sum, error);
+    if (options_.affine())
+      for (std::size_t c = 0; c < C; ++c) {
+        bias_grad_(static_cast<Eigen::Index>(c)) = static_cast<Scalar>(workspace_[c]);
+        weight_grad_(static_cast<Eigen::Index>(c)) = static_cast<Scalar>(workspace_[C + c] * save_invstd_[c]);
+      }
+    if (v.size() > 0)
+      functional::backward_dx(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(),
+                              options_.affine() ? weight_.data() : nullptr, static_cast<functional::Index>(saved_.count),
+                              sums, sums + C, dx.data());
+  }
 
   template <class X>
   static constexpr void check_input_type() noexcept {
@@ -297,6 +446,8 @@ class BatchNorm {
   std::vector<Acc> save_mean_, save_invstd_;  // statistics of the last forward (mean, invstd)
   std::vector<Acc> workspace_;                // 2*C scratch of backward: nothing allocated per call
   Saved saved_;
+  Communicator* comm_ = nullptr;  // synchronized module: the group's communicator
+  std::vector<double> reduce_;    // its all_reduce buffer: status record, then 3*C values
 };
 
 template <class Scalar>

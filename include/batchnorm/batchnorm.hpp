@@ -3,6 +3,7 @@
 #pragma once
 
 #include "batch_norm.hpp"
+#include "communicator.hpp"
 #include "config.hpp"
 #include "functional.hpp"
 #include "options.hpp"

@@ -1,6 +1,7 @@
 // batchnorm::functional: backward passes, hand-derived.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "../detail/errors.hpp"
@@ -36,6 +37,54 @@ void param_grads(Index c0, Index nc, const A* sum_dy, const A* sum_dy_d, const A
   for (Index k = 0; k < nc; ++k) {
     if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
     if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
+  }
+}
+
+/// The constants of dx for channel c from its sums over m values (see backward_training):
+///   dx = dy * p + (x - head) * q + r
+template <class T>
+struct DxCoef {
+  using A = accum_t<T>;
+  const A* mean;
+  const A* invstd;
+  const T* weight;
+  const A* sum_dy;
+  const A* sum_dy_d;
+  A m;
+  batchnorm::detail::Coef<T> operator()(Index c) const noexcept {
+    const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
+    const A q = -kc * invstd[c] * invstd[c] * (sum_dy_d[c] / m);
+    auto cf = centre_coef<T>(mean[c]);
+    cf.p = static_cast<T>(kc);
+    cf.q = static_cast<T>(q);
+    cf.r = static_cast<T>(-kc * (sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
+    return cf;
+  }
+};
+
+/// dx = dy * p + ((x - head) * q + r): each addition has one product operand, so a compiler
+/// that contracts into fused multiply-adds does it the same way in every code path.
+inline constexpr auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) {
+  return dyv * p + ((xv - h) * q + r);
+};
+
+/// The gradient sums of every channel into sum_dy, sum_dy_d (pass 1 of backward_training):
+/// over the batch segments or the channel groups of the plan, as that function takes them.
+template <class T, class A>
+void all_grad_sums(const T* x, const T* dy, const View& v, const batchnorm::detail::Plan& plan, const A* mean,
+                   A* sum_dy, A* sum_dy_d) noexcept {
+  const auto centre = [&](Index c) { return centre_coef<T>(mean[c]); };
+  if (batchnorm::detail::segments_of(v) > 1) {
+    batchnorm::detail::segment_sums<T>(
+        v, plan,
+        [&](const View& sub, const auto& sp, Index off, A* s0, A* s1) {
+          batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0, s1);
+        },
+        sum_dy, sum_dy_d);
+  } else {
+    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+      batchnorm::detail::group_grad_sums(x, dy, v, plan, c0, nc, centre, sum_dy + c0, sum_dy_d + c0);
+    });
   }
 }
 
@@ -75,39 +124,77 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
   detail_backward::Scratch<A> scratch(v.channels, workspace);
   const A m = static_cast<A>(v.count());
   const auto plan = batchnorm::detail::make_plan<T>(v);
-  const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
-  // The constants of dx for channel c from its sums; dx = dy * p + (x - head) * q + r.
-  const auto dx_coef = [&](Index c) {
-    const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
-    const A q = -kc * invstd[c] * invstd[c] * (scratch.sum_dy_d[c] / m);
-    auto cf = detail_backward::centre_coef<T>(mean[c]);
-    cf.p = static_cast<T>(kc);
-    cf.q = static_cast<T>(q);
-    cf.r = static_cast<T>(-kc * (scratch.sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
-    return cf;
-  };
-  // Evaluated as dy * p + ((x - head) * q + r): each addition has one product operand, so a
-  // compiler that contracts into fused multiply-adds does it the same way in every code path.
-  const auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) { return dyv * p + ((xv - h) * q + r); };
+  const detail_backward::DxCoef<T> dx_coef{mean, invstd, weight, scratch.sum_dy, scratch.sum_dy_d, m};
+  const auto dx_of = detail_backward::dx_of;
   if (batchnorm::detail::segments_of(v) > 1) {
     // Few channels or short rows: the sums of each batch segment on the threads, added in
     // segment order, then dx split over the batch.
-    batchnorm::detail::segment_sums<T>(
-        v, plan,
-        [&](const View& sub, const auto& sp, Index off, A* s0, A* s1) {
-          batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0, s1);
-        },
-        scratch.sum_dy, scratch.sum_dy_d);
+    detail_backward::all_grad_sums(x, dy, v, plan, mean, scratch.sum_dy, scratch.sum_dy_d);
     detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
     if (dx && m > 0)
       batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
         batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
       });
   } else {
+    // Channel groups: each group's sums, then its dx while the group is in cache.
+    const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
     batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
       batchnorm::detail::group_grad_sums(x, dy, v, plan, c0, nc, centre, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
       detail_backward::param_grads(c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd, dweight, dbias);
       if (dx && m > 0) batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
+    });
+  }
+  batchnorm::detail::simd::stream_fence();
+}
+
+/// Pass 1 of backward_training alone, for batch norm whose statistics span several processes
+/// (synchronized batch norm adds every rank's sums before pass 2), per channel c:
+///   sum_dy_c = sum dy,   sum_dy_d_c = sum dy * (x - mean_c)
+/// over the m = v.count() values of this view; dbias_c = sum_dy_c and dweight_c = invstd_c *
+/// sum_dy_d_c are this view's contributions. The same sums, in the same order, as
+/// backward_training's. mean: the statistics the forward normalized with (every rank's).
+template <class T>
+void backward_sums(const T* x, const T* dy, View v, const accum_t<T>* mean, accum_t<T>* sum_dy,
+                   accum_t<T>* sum_dy_d) {
+  constexpr const char* op = "batchnorm::functional::backward_sums";
+  detail_stats::check_view(op, v);
+  detail_stats::check_pointer(op, "x", x, v.size() > 0);
+  detail_stats::check_pointer(op, "dy", dy, v.size() > 0);
+  detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
+  detail_stats::check_pointer(op, "sum_dy", sum_dy, v.channels > 0);
+  detail_stats::check_pointer(op, "sum_dy_d", sum_dy_d, v.channels > 0);
+  detail_backward::all_grad_sums(x, dy, v, batchnorm::detail::make_plan<T>(v), mean, sum_dy, sum_dy_d);
+}
+
+/// Pass 2 of backward_training alone: dx from the sums of backward_sums taken over `count`
+/// values a channel (all ranks' values: count >= v.count()), as backward_training:
+///   dx = k_c * (dy - sum_dy_c / m - xhat * invstd_c * sum_dy_d_c / m),  m = count,
+///   k_c = weight_c * invstd_c,  xhat = (x - mean_c) * invstd_c
+/// evaluated as dy * p + (x - head_c) * q + r (backward_training). count >= 1 unless the view is
+/// empty. dx may equal dy or x. NaN/Inf propagate.
+template <class T>
+void backward_dx(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd, const T* weight,
+                 Index count, const accum_t<T>* sum_dy, const accum_t<T>* sum_dy_d, T* dx) {
+  using A = accum_t<T>;
+  constexpr const char* op = "batchnorm::functional::backward_dx";
+  detail_backward::check(op, v, x, dy, mean, invstd);
+  detail_stats::check_pointer(op, "sum_dy", sum_dy, v.channels > 0);
+  detail_stats::check_pointer(op, "sum_dy_d", sum_dy_d, v.channels > 0);
+  detail_stats::check_pointer(op, "dx", dx, v.size() > 0);
+  if (v.size() == 0) return;
+  if (count < v.count())
+    batchnorm::detail::throw_invalid(op, "count must be at least the view's " + std::to_string(v.count()) +
+                                             " values a channel, got " + std::to_string(count));
+  const auto plan = batchnorm::detail::make_plan<T>(v);
+  const detail_backward::DxCoef<T> dx_coef{mean, invstd, weight, sum_dy, sum_dy_d, static_cast<A>(count)};
+  const auto dx_of = detail_backward::dx_of;
+  if (batchnorm::detail::segments_of(v) > 1) {
+    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
+      batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
+    });
+  } else {
+    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+      batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
     });
   }
   batchnorm::detail::simd::stream_fence();
