@@ -363,14 +363,20 @@ struct ScriptedCommunicator final : batchnorm::Communicator {
 };
 }  // namespace
 
-TEMPLATE_TEST_CASE("a synchronized module over a group of one equals the local module", "[module][sync]", float, double) {
+TEMPLATE_TEST_CASE("a synchronized module whose peers hold no samples equals the local module", "[module][sync]", float,
+                   double) {
   using T = TestType;
+  // A group of one (the local path), and a group of four whose other ranks hold nothing (the
+  // synchronized path: separate statistics and normalize passes, split backward).
   batchnorm::SingleProcess single;
+  ScriptedCommunicator empty_peers;
+  for (batchnorm::Communicator* comm : {static_cast<batchnorm::Communicator*>(&single), static_cast<batchnorm::Communicator*>(&empty_peers)})
   for (const bool last : {false, true}) {
+    INFO("group of " << comm->size() << (last ? ", channels last" : ""));
     const auto opts = BatchNormOptions(5).channels_last(last);
-    BatchNorm2d<T> local(opts), sync(opts, single);
+    BatchNorm2d<T> local(opts), sync(opts, *comm);
     CHECK(local.communicator() == nullptr);
-    CHECK(sync.communicator() == &single);
+    CHECK(sync.communicator() == comm);
     for (std::uint32_t step = 0; step < 2; ++step) {
       const auto x = random_tensor<T, 4>({3, last ? 4 : 5, 6, last ? 5 : 4}, 2.0, 3.0, 300 + step);
       const auto dy = random_tensor<T, 4>({3, last ? 4 : 5, 6, last ? 5 : 4}, 0.0, 1.0, 310 + step);

@@ -242,7 +242,7 @@ TEST_CASE("one value per channel over all ranks throws the same error on every r
     message = e.what();
   }
   INFO(message);
-  CHECK(message.find("expected more than 1 value per channel when training, got 1 over all") != std::string::npos);
+  CHECK(message.find("expected more than 1 value per channel when training, got") != std::string::npos);
   CHECK(same_string_on_all_ranks(message));
   CHECK(bn.num_batches_tracked() == 0);
   CHECK(bn.running_mean()(0) == 0.0);

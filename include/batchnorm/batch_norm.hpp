@@ -112,7 +112,8 @@ class BatchNorm {
   /// checks (wrong shape or channel count, backward before forward, ...) still joins the
   /// all_reduce, flagging the failure; then it throws its own error and every other rank throws
   /// PeerError, and nothing changed anywhere. One value per channel over all ranks in training
-  /// throws the same std::invalid_argument on every rank. comm must outlive the module.
+  /// throws the same std::invalid_argument on every rank. comm must outlive the module. A group
+  /// of one rank (comm.size() == 1) makes no call to comm: the module is then the local one.
   BatchNorm(const BatchNormOptions& options, Communicator& comm) : BatchNorm(options) {
     comm_ = &comm;
     reduce_.assign(kStatusSize + 3 * static_cast<std::size_t>(options.num_features()), 0.0);
@@ -177,7 +178,7 @@ class BatchNorm {
   void forward(const X& x, Y&& y) {
     check_input_type<X>();
     check_output_type<X, Y>();
-    if (comm_ && training_) return forward_synchronized(x, y);
+    if (synchronizing() && training_) return forward_synchronized(x, y);
     const functional::View v = check_forward(x, y);
     const bool batch_stats = training_ || !options_.track_running_stats();
     if (batch_stats && v.count() == 1) throw_one_value(detail::Shape::of(x));
@@ -224,7 +225,7 @@ class BatchNorm {
                   "batchnorm: x and dy must have the same storage order");
     // A synchronized module communicates after a synchronized forward, or when there was none
     // (then every rank fails together).
-    if (comm_ && (saved_.synchronized || !saved_.valid)) return backward_synchronized(x, dy, dx);
+    if (synchronizing() && (saved_.synchronized || !saved_.valid)) return backward_synchronized(x, dy, dx);
     const functional::View v = check_backward(x, dy, dx);
     const bool affine = options_.affine();
     const Scalar* w = affine ? weight_.data() : nullptr;
@@ -249,6 +250,10 @@ class BatchNorm {
   };
 
   static std::string op(const char* fn) { return std::string(Traits::name) + "::" + fn; }
+
+  /// Training calls communicate: a communicator of more than one rank. A group of one takes the
+  /// local path (one pass less over the data), whose results are the same.
+  bool synchronizing() const { return comm_ && comm_->size() > 1; }
 
   /// The checks of forward(x, y); returns x's view.
   template <class X, class Y>
