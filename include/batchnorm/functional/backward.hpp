@@ -88,6 +88,22 @@ void all_grad_sums(const T* x, const T* dy, const View& v, const batchnorm::deta
   }
 }
 
+/// dx of every channel from its constants (pass 2 of backward_training, whole view): over the
+/// batch segments or the channel groups of the plan.
+template <class T, class CoefOf>
+void all_dx(const T* x, const T* dy, const View& v, const batchnorm::detail::Plan& plan, CoefOf dx_coef,
+            T* dx) noexcept {
+  if (batchnorm::detail::segments_of(v) > 1) {
+    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
+      batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
+    });
+  } else {
+    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
+      batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
+    });
+  }
+}
+
 /// 2*C accumulators: the caller's workspace, or allocated here when it gave none.
 template <class A>
 struct Scratch {
@@ -131,10 +147,7 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
     // segment order, then dx split over the batch.
     detail_backward::all_grad_sums(x, dy, v, plan, mean, scratch.sum_dy, scratch.sum_dy_d);
     detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
-    if (dx && m > 0)
-      batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
-        batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
-      });
+    if (dx && m > 0) detail_backward::all_dx(x, dy, v, plan, dx_coef, dx);
   } else {
     // Channel groups: each group's sums, then its dx while the group is in cache.
     const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
@@ -185,18 +198,8 @@ void backward_dx(const T* x, const T* dy, View v, const accum_t<T>* mean, const 
   if (count < v.count())
     batchnorm::detail::throw_invalid(op, "count must be at least the view's " + std::to_string(v.count()) +
                                              " values a channel, got " + std::to_string(count));
-  const auto plan = batchnorm::detail::make_plan<T>(v);
   const detail_backward::DxCoef<T> dx_coef{mean, invstd, weight, sum_dy, sum_dy_d, static_cast<A>(count)};
-  const auto dx_of = detail_backward::dx_of;
-  if (batchnorm::detail::segments_of(v) > 1) {
-    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
-      batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
-    });
-  } else {
-    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-      batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
-    });
-  }
+  detail_backward::all_dx(x, dy, v, batchnorm::detail::make_plan<T>(v), dx_coef, dx);
   batchnorm::detail::simd::stream_fence();
 }
 
