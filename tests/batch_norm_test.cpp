@@ -455,6 +455,16 @@ TEST_CASE("combine merges (count, mean, M2) as Chan et al. and adds sums", "[mod
   std::vector<double> s1{1, 0, 1.5, -2}, s2{1, 1, 2.5, 4};
   batchnorm::combine(s1.data(), s2.data(), s2.size(), batchnorm::ReduceOp::sum);
   CHECK(s2 == std::vector<double>{2, 0, 4, 2});
+  // All-gathered buffers of ranks {1, 2, 3}, {} (failed: rank 1), {10, 20} folded in rank order:
+  // the moments of all five values and the failure.
+  const std::vector<double> gathered{0, -1, 3, 2, 2, /**/ 1, 1, 0, 0, 0, /**/ 0, -1, 2, 15, 50};
+  std::vector<double> out(5);
+  batchnorm::fold_gathered(gathered.data(), 3, 5, batchnorm::ReduceOp::moments, out.data());
+  CHECK(out[0] == 1);
+  CHECK(out[1] == 1);
+  CHECK(out[2] == 5);
+  CHECK(out[3] == Approx(7.2).epsilon(1e-15));
+  CHECK(out[4] == Approx(254.8).epsilon(1e-15));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,28 +25,42 @@ enum class ReduceOp {
 ///   [1] the lowest such rank, or -1 if none (the smallest non-negative value wins).
 inline constexpr std::size_t kStatusSize = 2;
 
-/// b <- a (+) b for the all-reduce buffers of n doubles of two disjoint groups of ranks, a's
-/// ranks all before b's (the argument order of an MPI user function: invec, inoutvec):
+/// out <- a (+) b for the all-reduce buffers of n doubles of two disjoint groups of ranks, a's
+/// ranks all before b's; out may be a or b (each record is read before it is written):
 ///   status:   failed = failed_a + failed_b,  first = the lower of the two (-1: none)
 ///   moments:  per channel (n, mean, M2), Chan, Golub and LeVeque (1979):
 ///               n = n_a + n_b,  delta = mean_b - mean_a,
 ///               mean = mean_a + delta * n_b / n,  M2 = M2_a + M2_b + delta^2 * n_a * n_b / n
 ///             (an empty side changes nothing: ranks without samples are neutral);
-///   sum:      b[i] = a[i] + b[i].
+///   sum:      out[i] = a[i] + b[i].
 /// Never sums of squares. Deterministic: the same inputs in the same order give the same bits.
-inline void combine(const double* a, double* b, std::size_t n, ReduceOp op) noexcept {
+inline void combine_into(const double* a, const double* b, double* out, std::size_t n, ReduceOp op) noexcept {
   if (n < kStatusSize) return;
-  b[0] += a[0];
-  if (a[1] >= 0 && (b[1] < 0 || a[1] < b[1])) b[1] = a[1];
+  const double failed = a[0] + b[0];
+  const double first = a[1] >= 0 && (b[1] < 0 || a[1] < b[1]) ? a[1] : b[1];
+  out[0] = failed, out[1] = first;
   if (op == ReduceOp::sum) {
-    for (std::size_t i = kStatusSize; i < n; ++i) b[i] = a[i] + b[i];
+    for (std::size_t i = kStatusSize; i < n; ++i) out[i] = a[i] + b[i];
     return;
   }
   for (std::size_t i = kStatusSize; i + 3 <= n; i += 3) {
     detail::Moments<double> acc{a[i], a[i + 1], a[i + 2]};
     acc.merge(b[i], b[i + 1], b[i + 2]);
-    b[i] = acc.n, b[i + 1] = acc.mean, b[i + 2] = acc.m2;
+    out[i] = acc.n, out[i + 1] = acc.mean, out[i + 2] = acc.m2;
   }
+}
+
+/// b <- a (+) b (combine_into): the argument order of an MPI user function (invec, inoutvec).
+inline void combine(const double* a, double* b, std::size_t n, ReduceOp op) noexcept { combine_into(a, b, b, n, op); }
+
+/// For engines without user-defined reductions, which all-gather instead: the buffers of P ranks
+/// gathered rank after rank (`gathered`, P * n values) folded in rank order into out[0..n):
+///   out = ((buffer_0 (+) buffer_1) (+) buffer_2) ... (+) buffer_{P-1}
+/// Every rank folding the same gathered bytes gets the same result.
+inline void fold_gathered(const double* gathered, std::size_t ranks, std::size_t n, ReduceOp op, double* out) noexcept {
+  if (ranks == 0) return;
+  for (std::size_t i = 0; i < n; ++i) out[i] = gathered[i];
+  for (std::size_t r = 1; r < ranks; ++r) combine_into(out, gathered + r * n, out, n, op);
 }
 
 /// The all-reduce a synchronized BatchNorm needs, over the processes ("ranks") of one
@@ -57,7 +71,7 @@ inline void combine(const double* a, double* b, std::size_t n, ReduceOp op) noex
 ///   a reduction tree, as long as every rank receives the one result; a reduce to one rank and
 ///   a broadcast does it). Engines with user-defined reductions call combine() in them (MPI:
 ///   batchnorm/mpi.hpp); engines with only built-in sums can all-gather the buffers and fold
-///   them locally in rank order (PyTorch's SyncBatchNorm all-gathers too).
+///   them locally with fold_gathered() (PyTorch's SyncBatchNorm all-gathers too).
 ///
 /// Every rank of the group must make the same sequence of calls with the same n (the modules
 /// guarantee it as long as every rank calls forward/backward alike, see BatchNorm). Errors of
