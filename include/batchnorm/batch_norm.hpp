@@ -338,18 +338,20 @@ class BatchNorm {
       detail::throw_invalid(op("forward"),
                             "expected more than 1 value per channel when training, got 1 over all " +
                                 std::to_string(comm_->size()) + " ranks");
-    // From here nothing throws.
-    const bool update = options_.track_running_stats();
-    const double factor = update ? functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1) : 0.0;
+    // From here nothing throws (m != 1, the factor is in [0, 1]). save_invstd_ holds the biased
+    // var, then invstd, as in forward_training.
     for (std::size_t c = 0; c < C; ++c) {
-      const Acc var = m > 0 ? static_cast<Acc>(triples[3 * c + 2]) / static_cast<Acc>(m) : Acc(0);
       save_mean_[c] = m > 0 ? static_cast<Acc>(triples[3 * c + 1]) : Acc(0);
-      if (update && m > 0)
-        functional::update_running_stats<Scalar>(1, &save_mean_[c], &var, static_cast<functional::Index>(m), factor,
-                                                 running_mean_.data() + c, running_var_.data() + c);
-      save_invstd_[c] = functional::invstd_of(var, options_.eps());
+      save_invstd_[c] = m > 0 ? static_cast<Acc>(triples[3 * c + 2]) / static_cast<Acc>(m) : Acc(0);
     }
-    if (update) ++num_batches_tracked_;
+    if (options_.track_running_stats()) {
+      const double factor = functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1);
+      functional::update_running_stats(static_cast<functional::Index>(C), save_mean_.data(), save_invstd_.data(),
+                                       static_cast<functional::Index>(m), factor, running_mean_.data(),
+                                       running_var_.data());
+      ++num_batches_tracked_;
+    }
+    for (std::size_t c = 0; c < C; ++c) save_invstd_[c] = functional::invstd_of(save_invstd_[c], options_.eps());
     functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(),
                           options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr,
                           y.data());
