@@ -379,11 +379,10 @@ class BatchNorm {
       std::fill(sums, sums + 2 * C, 0.0);
     }
     all_reduce_checked("backward", kStatusSize + 2 * C, ReduceOp::sum, error);
-    if (options_.affine())
-      for (std::size_t c = 0; c < C; ++c) {
-        bias_grad_(static_cast<Eigen::Index>(c)) = static_cast<Scalar>(workspace_[c]);
-        weight_grad_(static_cast<Eigen::Index>(c)) = static_cast<Scalar>(workspace_[C + c] * save_invstd_[c]);
-      }
+    if (options_.affine())  // this rank's contributions: dbias = sum dy, dweight = invstd * sum dy * d
+      functional::detail_backward::param_grads(0, static_cast<functional::Index>(C), workspace_.data(),
+                                               workspace_.data() + C, save_invstd_.data(), weight_grad_.data(),
+                                               bias_grad_.data());
     if (v.size() > 0)
       functional::backward_dx(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(),
                               options_.affine() ? weight_.data() : nullptr, static_cast<functional::Index>(saved_.count),

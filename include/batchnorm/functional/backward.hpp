@@ -141,7 +141,6 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
   const A m = static_cast<A>(v.count());
   const auto plan = batchnorm::detail::make_plan<T>(v);
   const detail_backward::DxCoef<T> dx_coef{mean, invstd, weight, scratch.sum_dy, scratch.sum_dy_d, m};
-  const auto dx_of = detail_backward::dx_of;
   if (batchnorm::detail::segments_of(v) > 1) {
     // Few channels or short rows: the sums of each batch segment on the threads, added in
     // segment order, then dx split over the batch.
@@ -154,7 +153,8 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
     batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
       batchnorm::detail::group_grad_sums(x, dy, v, plan, c0, nc, centre, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
       detail_backward::param_grads(c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd, dweight, dbias);
-      if (dx && m > 0) batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
+      if (dx && m > 0)
+        batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, detail_backward::dx_of);
     });
   }
   batchnorm::detail::simd::stream_fence();
