@@ -1,6 +1,8 @@
 // batchnorm: the module template behind BatchNorm1d, BatchNorm2d and BatchNorm3d.
 #pragma once
 
+#include "config.hpp"
+
 #include <cstdint>
 #include <exception>
 #include <optional>
@@ -17,7 +19,7 @@
 #include "functional.hpp"
 #include "options.hpp"
 
-namespace batchnorm {
+BATCHNORM_BEGIN_NAMESPACE
 
 namespace detail {
 template <int SpatialDims>
@@ -258,6 +260,7 @@ class BatchNorm {
   /// The checks of forward(x, y); returns x's view.
   template <class X, class Y>
   functional::View check_forward(const X& x, const Y& y) const {
+    (void)active_isa();  // BATCHNORM_ISA is read (and may throw) before anything changes
     const detail::Shape shape = detail::Shape::of(x);
     check_shape("forward", shape);
     if (detail::Shape::of(y) != shape)
@@ -276,6 +279,7 @@ class BatchNorm {
   /// The checks of backward(x, dy, dx); returns x's view.
   template <class X, class DY, class DX>
   functional::View check_backward(const X& x, const DY& dy, const DX& dx) const {
+    (void)active_isa();
     if (!saved_.valid) detail::throw_logic(op("backward"), "called before any forward");
     const detail::Shape shape = detail::Shape::of(x);
     if (shape != saved_.shape || detail::is_row_major_v<X> != saved_.row_major)
@@ -380,9 +384,8 @@ class BatchNorm {
     }
     all_reduce_checked("backward", kStatusSize + 2 * C, ReduceOp::sum, error);
     if (options_.affine())  // this rank's contributions: dbias = sum dy, dweight = invstd * sum dy * d
-      functional::detail_backward::param_grads(0, static_cast<functional::Index>(C), workspace_.data(),
-                                               workspace_.data() + C, save_invstd_.data(), weight_grad_.data(),
-                                               bias_grad_.data());
+      functional::param_grads(static_cast<functional::Index>(C), workspace_.data(), workspace_.data() + C,
+                              save_invstd_.data(), weight_grad_.data(), bias_grad_.data());
     if (v.size() > 0)
       functional::backward_dx(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(),
                               options_.affine() ? weight_.data() : nullptr, static_cast<functional::Index>(saved_.count),
@@ -463,4 +466,4 @@ using BatchNorm2d = BatchNorm<Scalar, 2>;
 template <class Scalar>
 using BatchNorm3d = BatchNorm<Scalar, 3>;
 
-}  // namespace batchnorm
+BATCHNORM_END_NAMESPACE

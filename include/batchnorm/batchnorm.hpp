@@ -6,4 +6,5 @@
 #include "communicator.hpp"
 #include "config.hpp"
 #include "functional.hpp"
+#include "isa.hpp"
 #include "options.hpp"

@@ -3,13 +3,15 @@
 // other engines (NCCL, Gloo, Horovod, threads) implement it themselves.
 #pragma once
 
+#include "config.hpp"
+
 #include <cstddef>
 #include <stdexcept>
 #include <string>
 
-#include "detail/kernels.hpp"
+#include "detail/moments.hpp"
 
-namespace batchnorm {
+BATCHNORM_BEGIN_NAMESPACE
 
 /// How the buffers of the ranks combine in Communicator::all_reduce. Both are reductions over
 /// records laid out by the library (see combine()); an engine never looks inside them.
@@ -112,4 +114,4 @@ class PeerError : public std::runtime_error {
   int first_rank_;
 };
 
-}  // namespace batchnorm
+BATCHNORM_END_NAMESPACE

@@ -3,6 +3,8 @@
 // CMake finds MPI); the rest of the library has no MPI dependency.
 #pragma once
 
+#include "config.hpp"
+
 #include <mpi.h>
 
 #include <cstddef>
@@ -12,7 +14,7 @@
 
 #include "communicator.hpp"
 
-namespace batchnorm {
+BATCHNORM_BEGIN_NAMESPACE
 
 /// Communicator over an MPI communicator (MPI_COMM_WORLD by default): all_reduce is one
 /// MPI_Allreduce, in place, with a user-defined, non-commutative reduction that calls
@@ -88,4 +90,4 @@ class MpiCommunicator final : public Communicator {
   std::map<std::size_t, MPI_Datatype> types_;
 };
 
-}  // namespace batchnorm
+BATCHNORM_END_NAMESPACE

@@ -1,10 +1,12 @@
 // batchnorm: BatchNormOptions, libtorch style (chained setters, getters of the same name).
 #pragma once
 
+#include "config.hpp"
+
 #include <cstdint>
 #include <optional>
 
-namespace batchnorm {
+BATCHNORM_BEGIN_NAMESPACE
 
 /// Options of BatchNorm1d/2d/3d, with torch::nn::BatchNormOptions' names and defaults:
 ///   BatchNorm2d<float> bn(BatchNormOptions(64).eps(1e-5).momentum(0.1).affine(true));
@@ -50,4 +52,4 @@ class BatchNormOptions {
   bool channels_last_ = false;
 };
 
-}  // namespace batchnorm
+BATCHNORM_END_NAMESPACE

@@ -1,6 +1,8 @@
 // batchnorm: adapting Eigen tensors to functional::View. Free to change; not public API.
 #pragma once
 
+#include "../config.hpp"
+
 #include <array>
 #include <cstdint>
 #include <type_traits>
@@ -9,7 +11,8 @@
 
 #include "../functional/view.hpp"
 
-namespace batchnorm::detail {
+BATCHNORM_BEGIN_NAMESPACE
+namespace detail {
 
 /// Eigen::Tensor and Eigen::TensorMap of one (const or not): dense memory with data() and
 /// dimensions(). Expressions are not: evaluate them into a Tensor first.
@@ -86,4 +89,5 @@ inline functional::View make_view(const Shape& s, bool row_major, bool channels_
   return v;
 }
 
-}  // namespace batchnorm::detail
+}  // namespace detail
+BATCHNORM_END_NAMESPACE

@@ -1,13 +1,16 @@
 // batchnorm: building the messages of the exceptions we throw. Free to change; not public API.
 #pragma once
 
+#include "../config.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 
-namespace batchnorm::detail {
+BATCHNORM_BEGIN_NAMESPACE
+namespace detail {
 
 /// "(8, 3, 32, 32)" from any sequence of integers.
 template <class Dims>
@@ -52,4 +55,5 @@ inline void check_momentum(const char* op, double momentum) {
     throw_invalid(op, "momentum must be in [0, 1], got " + to_string_exact(momentum));
 }
 
-}  // namespace batchnorm::detail
+}  // namespace detail
+BATCHNORM_END_NAMESPACE

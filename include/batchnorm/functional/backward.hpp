@@ -1,16 +1,20 @@
 // batchnorm::functional: backward passes, hand-derived.
 #pragma once
 
+#include "../config.hpp"
+
 #include <string>
 #include <vector>
 
 #include "../detail/errors.hpp"
-#include "../detail/kernels.hpp"
+#include "../detail/coef.hpp"
+#include "../detail/dispatch.hpp"
 #include "forward.hpp"
 #include "stats.hpp"
 #include "view.hpp"
 
-namespace batchnorm::functional {
+BATCHNORM_BEGIN_NAMESPACE
+namespace functional {
 
 namespace detail_backward {
 inline void check(const char* op, const View& v, const void* x, const void* dy, const void* mean, const void* invstd) {
@@ -29,17 +33,6 @@ batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
   cf.tail = static_cast<T>(mean - static_cast<accum_t<T>>(cf.head));
   return cf;
 }
-/// dbias_c = sum dy, dweight_c = invstd_c * sum dy * d for channels [c0, c0 + nc) (sums indexed
-/// from c0); either output may be nullptr.
-template <class T, class A>
-void param_grads(Index c0, Index nc, const A* sum_dy, const A* sum_dy_d, const A* invstd, T* dweight,
-                 T* dbias) noexcept {
-  for (Index k = 0; k < nc; ++k) {
-    if (dbias) dbias[c0 + k] = static_cast<T>(sum_dy[k]);
-    if (dweight) dweight[c0 + k] = static_cast<T>(sum_dy_d[k] * invstd[c0 + k]);
-  }
-}
-
 /// The constants of dx for channel c from its sums over m values (see backward_training):
 ///   dx = dy * p + (x - head) * q + r
 template <class T>
@@ -60,49 +53,15 @@ struct DxCoef {
     cf.r = static_cast<T>(-kc * (sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
     return cf;
   }
-};
-
-/// dx = dy * p + ((x - head) * q + r): each addition has one product operand, so a compiler
-/// that contracts into fused multiply-adds does it the same way in every code path.
-inline constexpr auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) {
-  return dyv * p + ((xv - h) * q + r);
-};
-
-/// The gradient sums of every channel into sum_dy, sum_dy_d (pass 1 of backward_training):
-/// over the batch segments or the channel groups of the plan, as that function takes them.
-template <class T, class A>
-void all_grad_sums(const T* x, const T* dy, const View& v, const batchnorm::detail::Plan& plan, const A* mean,
-                   A* sum_dy, A* sum_dy_d) noexcept {
-  const auto centre = [&](Index c) { return centre_coef<T>(mean[c]); };
-  if (batchnorm::detail::segments_of(v) > 1) {
-    batchnorm::detail::segment_sums<T>(
-        v, plan,
-        [&](const View& sub, const auto& sp, Index off, A* s0, A* s1) {
-          batchnorm::detail::group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0, s1);
-        },
-        sum_dy, sum_dy_d);
-  } else {
-    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-      batchnorm::detail::group_grad_sums(x, dy, v, plan, c0, nc, centre, sum_dy + c0, sum_dy_d + c0);
-    });
+  /// The same constants in A, about mean_c itself: dx = dy * p + (x - mean) * q + r.
+  struct Exact {
+    A mean, p, q, r;
+  };
+  Exact exact(Index c) const noexcept {
+    const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
+    return {mean[c], kc, -kc * invstd[c] * invstd[c] * (sum_dy_d[c] / m), -kc * (sum_dy[c] / m)};
   }
-}
-
-/// dx of every channel from its constants (pass 2 of backward_training, whole view): over the
-/// batch segments or the channel groups of the plan.
-template <class T, class CoefOf>
-void all_dx(const T* x, const T* dy, const View& v, const batchnorm::detail::Plan& plan, CoefOf dx_coef,
-            T* dx) noexcept {
-  if (batchnorm::detail::segments_of(v) > 1) {
-    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
-      batchnorm::detail::group_apply<T, true>(x + off, dy + off, dx + off, sub, sp, 0, sub.channels, dx_coef, dx_of);
-    });
-  } else {
-    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-      batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, dx_of);
-    });
-  }
-}
+};
 
 /// 2*C accumulators: the caller's workspace, or allocated here when it gave none.
 template <class A>
@@ -117,6 +76,19 @@ struct Scratch {
   }
 };
 }  // namespace detail_backward
+
+/// The parameter gradients of channels [0, channels) from the gradient sums of backward_sums:
+///   dbias_c = sum_dy_c,   dweight_c = invstd_c * sum_dy_d_c      (rounded to T)
+/// dweight or dbias may be nullptr (not wanted). Synchronized batch norm calls it with a rank's
+/// own sums: its contributions, which the ranks' gradients add up to.
+template <class T>
+void param_grads(Index channels, const accum_t<T>* sum_dy, const accum_t<T>* sum_dy_d, const accum_t<T>* invstd,
+                 T* dweight, T* dbias) noexcept {
+  for (Index c = 0; c < channels; ++c) {
+    if (dbias) dbias[c] = static_cast<T>(sum_dy[c]);
+    if (dweight) dweight[c] = static_cast<T>(sum_dy_d[c] * invstd[c]);
+  }
+}
 
 /// Training-mode backward (batch statistics), for channel c; sums run over its m values,
 /// d = x - mean_c, xhat = d * invstd_c, k_c = weight_c * invstd_c:
@@ -139,25 +111,16 @@ void backward_training(const T* x, const T* dy, View v, const accum_t<T>* mean, 
   detail_backward::check("batchnorm::functional::backward_training", v, x, dy, mean, invstd);
   detail_backward::Scratch<A> scratch(v.channels, workspace);
   const A m = static_cast<A>(v.count());
-  const auto plan = batchnorm::detail::make_plan<T>(v);
   const detail_backward::DxCoef<T> dx_coef{mean, invstd, weight, scratch.sum_dy, scratch.sum_dy_d, m};
-  if (batchnorm::detail::segments_of(v) > 1) {
-    // Few channels or short rows: the sums of each batch segment on the threads, added in
-    // segment order, then dx split over the batch.
-    detail_backward::all_grad_sums(x, dy, v, plan, mean, scratch.sum_dy, scratch.sum_dy_d);
-    detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
-    if (dx && m > 0) detail_backward::all_dx(x, dy, v, plan, dx_coef, dx);
-  } else {
-    // Channel groups: each group's sums, then its dx while the group is in cache.
-    const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
-    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-      batchnorm::detail::group_grad_sums(x, dy, v, plan, c0, nc, centre, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
-      detail_backward::param_grads(c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd, dweight, dbias);
-      if (dx && m > 0)
-        batchnorm::detail::group_apply<T, true>(x, dy, dx, v, plan, c0, nc, dx_coef, detail_backward::dx_of);
-    });
-  }
-  batchnorm::detail::simd::stream_fence();
+  const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
+  const auto params = [&](Index c0, Index nc) {
+    param_grads(nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd + c0, dweight ? dweight + c0 : nullptr,
+                dbias ? dbias + c0 : nullptr);
+  };
+  T* dx_out = m > 0 ? dx : nullptr;
+  batchnorm::detail::dispatch([&](auto kernels) {
+    kernels.run_backward_training(x, dy, v, centre, params, dx_coef, dx_out, scratch.sum_dy, scratch.sum_dy_d);
+  });
 }
 
 /// Pass 1 of backward_training alone, for batch norm whose statistics span several processes
@@ -176,7 +139,8 @@ void backward_sums(const T* x, const T* dy, View v, const accum_t<T>* mean, accu
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "sum_dy", sum_dy, v.channels > 0);
   detail_stats::check_pointer(op, "sum_dy_d", sum_dy_d, v.channels > 0);
-  detail_backward::all_grad_sums(x, dy, v, batchnorm::detail::make_plan<T>(v), mean, sum_dy, sum_dy_d);
+  const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
+  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_grad_sums(x, dy, v, centre, sum_dy, sum_dy_d); });
 }
 
 /// Pass 2 of backward_training alone: dx from the sums of backward_sums taken over `count`
@@ -199,8 +163,7 @@ void backward_dx(const T* x, const T* dy, View v, const accum_t<T>* mean, const 
     batchnorm::detail::throw_invalid(op, "count must be at least the view's " + std::to_string(v.count()) +
                                              " values a channel, got " + std::to_string(count));
   const detail_backward::DxCoef<T> dx_coef{mean, invstd, weight, sum_dy, sum_dy_d, static_cast<A>(count)};
-  detail_backward::all_dx(x, dy, v, batchnorm::detail::make_plan<T>(v), dx_coef, dx);
-  batchnorm::detail::simd::stream_fence();
+  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_dx(x, dy, v, dx_coef, dx); });
 }
 
 /// Inference-mode backward: the statistics (running ones, from inference_stats) are constants.
@@ -215,48 +178,22 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
   using A = accum_t<T>;
   detail_backward::check("batchnorm::functional::backward_inference", v, x, dy, mean, invstd);
   detail_backward::Scratch<A> scratch(v.channels, workspace);
-  const auto plan = batchnorm::detail::make_plan<T>(v);
   // dx = dy * p with p = weight_c * invstd_c.
   const auto scale_coef = [&](Index c) {
     batchnorm::detail::Coef<T> cf;
     cf.p = static_cast<T>(invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1)));
     return cf;
   };
-  const auto scale = [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; };
   const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };
-  // Channels [c0, c0 + nc) of the view w (at offset off of the whole, planned as p): the sums
-  // into s0, s1 (indexed from c0), and dx for each region right after it is summed (still in
-  // cache): one pass over x and dy. Without dweight and dbias, dx alone.
-  const auto pass = [&](const View& w, const batchnorm::detail::Plan& p, Index off, Index c0, Index nc, A* s0, A* s1) {
-    if (dweight || dbias) {
-      batchnorm::detail::group_grad_sums(x + off, dy + off, w, p, c0, nc, centre, s0, s1,
-                                         [&](Index o0, Index rows, Index t0, Index nt) {
-                                           if (dx)
-                                             batchnorm::detail::region_apply<T, false>(
-                                                 dy + off, nullptr, dx + off, w, p.stream, o0, rows, t0, nt,
-                                                 scale_coef, scale);
-                                         });
-    } else if (dx) {
-      batchnorm::detail::group_apply<T, false>(dy + off, nullptr, dx + off, w, p, c0, nc, scale_coef, scale);
-    }
+  const auto params = [&](Index c0, Index nc) {
+    param_grads(nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd + c0, dweight ? dweight + c0 : nullptr,
+                dbias ? dbias + c0 : nullptr);
   };
-  if (batchnorm::detail::segments_of(v) > 1) {
-    // Few channels or short rows: the pass over each batch segment on the threads, sums added
-    // in segment order.
-    batchnorm::detail::segment_sums<T>(
-        v, plan,
-        [&](const View& sub, const auto& sp, Index off, A* s0, A* s1) { pass(sub, sp, off, 0, sub.channels, s0, s1); },
-        scratch.sum_dy, scratch.sum_dy_d);
-    if (dweight || dbias)
-      detail_backward::param_grads(0, v.channels, scratch.sum_dy, scratch.sum_dy_d, invstd, dweight, dbias);
-  } else {
-    batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-      pass(v, plan, 0, c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0);
-      if (dweight || dbias)
-        detail_backward::param_grads(c0, nc, scratch.sum_dy + c0, scratch.sum_dy_d + c0, invstd, dweight, dbias);
-    });
-  }
-  batchnorm::detail::simd::stream_fence();
+  const bool sums = dweight || dbias;
+  batchnorm::detail::dispatch([&](auto kernels) {
+    kernels.run_backward_inference(x, dy, v, centre, scale_coef, sums, params, dx, scratch.sum_dy, scratch.sum_dy_d);
+  });
 }
 
-}  // namespace batchnorm::functional
+}  // namespace functional
+BATCHNORM_END_NAMESPACE

@@ -1,16 +1,20 @@
 // batchnorm::functional: forward passes, training (batch statistics) and inference (running).
 #pragma once
 
+#include "../config.hpp"
+
 #include <cmath>
 #include <string>
 
 #include "../detail/errors.hpp"
-#include "../detail/kernels.hpp"
+#include "../detail/coef.hpp"
+#include "../detail/dispatch.hpp"
 #include "running_stats.hpp"
 #include "stats.hpp"
 #include "view.hpp"
 
-namespace batchnorm::functional {
+BATCHNORM_BEGIN_NAMESPACE
+namespace functional {
 
 namespace detail_forward {
 
@@ -30,31 +34,6 @@ batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, co
   cf.p = static_cast<T>(scale);
   cf.r = static_cast<T>((bias ? static_cast<A>(bias[c]) : A(0)) - (mean - static_cast<A>(cf.head)) * scale);
   return cf;
-}
-
-/// y = (x - head) * p + r over the channels of a group, all in T.
-template <class T, class CoefOf>
-void normalize_group(const T* x, const View& v, const batchnorm::detail::Plan& plan, Index c0, Index nc,
-                     CoefOf coef_of, T* y) noexcept {
-  batchnorm::detail::group_apply<T, false>(x, nullptr, y, v, plan, c0, nc, coef_of,
-                                           [](auto xv, auto, auto h, auto, auto p, auto, auto r) {
-                                             return (xv - h) * p + r;
-                                           });
-}
-
-/// normalize_group over every group of the view, on threads when the plan says so.
-template <class T, class CoefOf>
-void normalize_all(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
-  const auto plan = batchnorm::detail::make_plan<T>(v, batchnorm::detail::kStreamBytesForward);
-  if (batchnorm::detail::segments_of(v) > 1) {
-    batchnorm::detail::for_each_segment<T>(v, plan, [&](Index, const View& sub, const auto& sp, Index off) {
-      normalize_group(x + off, sub, sp, 0, sub.channels, coef_of, y + off);
-    });
-  } else {
-    batchnorm::detail::for_each_group(v, plan,
-                                      [&](Index c0, Index nc) { normalize_group(x, v, plan, c0, nc, coef_of, y); });
-  }
-  batchnorm::detail::simd::stream_fence();
 }
 
 inline void check_common(const char* op, const View& v, const void* x, const void* y, double eps) {
@@ -100,8 +79,8 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
   detail_stats::check_pointer(op, "y", y, v.size() > 0);
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
-  detail_forward::normalize_all(
-      x, v, [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); }, y);
+  const auto coef = [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); };
+  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_normalize(x, v, coef, y); });
 }
 
 /// Training forward (PyTorch's batch_norm with training=True), per channel c over its m values:
@@ -145,20 +124,8 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
   const auto coef = [&](Index c) {
     return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c);
   };
-  if (batchnorm::detail::segments_of(v) > 1) {
-    // Few channels or short rows: statistics, then the normalize pass, each split over the batch.
-    batchnorm::detail::moments(x, v, save_mean, save_invstd);
-    finish(0, v.channels);
-    detail_forward::normalize_all(x, v, coef, y);
-    return;
-  }
-  const auto plan = batchnorm::detail::make_plan<T>(v, batchnorm::detail::kStreamBytesForward);
-  batchnorm::detail::for_each_group(v, plan, [&](Index c0, Index nc) {
-    batchnorm::detail::group_moments(x, v, plan, c0, nc, save_mean + c0, save_invstd + c0);
-    finish(c0, nc);
-    detail_forward::normalize_group(x, v, plan, c0, nc, coef, y);
-  });
-  batchnorm::detail::simd::stream_fence();
+  batchnorm::detail::dispatch(
+      [&](auto kernels) { kernels.run_forward_training(x, v, finish, coef, y, save_mean, save_invstd); });
 }
 
 /// Inference forward with running statistics (PyTorch's batch_norm with training=False):
@@ -173,13 +140,12 @@ void forward_inference(const T* x, View v, const T* running_mean, const T* runni
   detail_forward::check_common(op, v, x, y, eps);
   detail_stats::check_pointer(op, "running_mean", running_mean, v.channels > 0);
   detail_stats::check_pointer(op, "running_var", running_var, v.channels > 0);
-  detail_forward::normalize_all(
-      x, v,
-      [&](Index c) {
-        return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]),
-                                                 invstd_of(static_cast<A>(running_var[c]), eps), weight, bias, c);
-      },
-      y);
+  const auto coef = [&](Index c) {
+    return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]), invstd_of(static_cast<A>(running_var[c]), eps),
+                                             weight, bias, c);
+  };
+  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_normalize(x, v, coef, y); });
 }
 
-}  // namespace batchnorm::functional
+}  // namespace functional
+BATCHNORM_END_NAMESPACE

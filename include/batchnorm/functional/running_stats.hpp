@@ -1,14 +1,18 @@
 // batchnorm::functional: the running (inference) statistics.
 #pragma once
 
+#include "../config.hpp"
+
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
 #include "../detail/errors.hpp"
 #include "view.hpp"
 
-namespace batchnorm::functional {
+BATCHNORM_BEGIN_NAMESPACE
+namespace functional {
 
 /// The weight f of the new batch in the running-statistics update, PyTorch's convention:
 ///   f = momentum                          if momentum is a number,
@@ -29,12 +33,34 @@ inline double momentum_factor(std::optional<double> momentum, std::int64_t num_b
 }
 
 namespace detail_running {
+/// v rounded to T; beyond T's range +-inf (a plain conversion of such a double to float is
+/// undefined behaviour). IEEE rounding sends values from max + ulp/2 on to infinity.
+template <class T, class A>
+T saturate(A v) noexcept {
+  if constexpr (sizeof(T) < sizeof(A)) {
+    constexpr A max = static_cast<A>(std::numeric_limits<T>::max());
+    constexpr A limit = max + max * static_cast<A>(std::numeric_limits<T>::epsilon()) / 4;
+    if (v >= limit) return std::numeric_limits<T>::infinity();
+    if (v <= -limit) return -std::numeric_limits<T>::infinity();
+  }
+  return static_cast<T>(v);
+}
+
+/// (1 - f) * old + f * batch, with f == 0 giving old and f == 1 giving batch exactly (so that an
+/// infinite old or batch value does not turn into 0 * inf = NaN), rounded once to T.
+template <class T, class A>
+T blend(T old, A batch, A f) noexcept {
+  if (f == 0) return old;
+  if (f == 1) return saturate<T>(batch);
+  return saturate<T>((1 - f) * static_cast<A>(old) + f * batch);
+}
+
 /// One channel of update_running_stats (count >= 2, f in [0, 1] checked by the caller).
 template <class T, class A>
 void update_channel(A mean, A var, Index count, A f, T& running_mean, T& running_var) noexcept {
   const A bessel = static_cast<A>(count) / static_cast<A>(count - 1);
-  running_mean = static_cast<T>((1 - f) * static_cast<A>(running_mean) + f * mean);
-  running_var = static_cast<T>((1 - f) * static_cast<A>(running_var) + f * var * bessel);
+  running_mean = blend(running_mean, mean, f);
+  running_var = blend(running_var, var * bessel, f);
 }
 }  // namespace detail_running
 
@@ -42,7 +68,8 @@ void update_channel(A mean, A var, Index count, A f, T& running_mean, T& running
 ///   running_mean = (1 - f) * running_mean + f * mean
 ///   running_var  = (1 - f) * running_var  + f * var * count / (count - 1)
 /// var is the biased batch variance (batch_stats); running_var gets the unbiased one (Bessel's
-/// correction). Evaluated in accum_t<T>, rounded once to T. count == 0 (an empty batch) changes
+/// correction). Evaluated in accum_t<T>, rounded once to T; a value beyond T's range becomes
+/// +-inf (never NaN: f == 0 keeps the old value, f == 1 takes the batch's). count == 0 (an empty batch) changes
 /// nothing, as PyTorch. Throws std::invalid_argument if count == 1 (no unbiased variance), if
 /// count < 0, or if f is outside [0, 1]; nothing is changed then.
 template <class T>
@@ -60,4 +87,5 @@ void update_running_stats(Index channels, const accum_t<T>* mean, const accum_t<
     detail_running::update_channel(mean[c], var[c], count, static_cast<A>(factor), running_mean[c], running_var[c]);
 }
 
-}  // namespace batchnorm::functional
+}  // namespace functional
+BATCHNORM_END_NAMESPACE

@@ -1,13 +1,17 @@
 // batchnorm::functional: per-channel batch statistics, and merging them across batches.
 #pragma once
 
+#include "../config.hpp"
+
 #include <string>
 
 #include "../detail/errors.hpp"
-#include "../detail/kernels.hpp"
+#include "../detail/dispatch.hpp"
+#include "../detail/moments.hpp"
 #include "view.hpp"
 
-namespace batchnorm::functional {
+BATCHNORM_BEGIN_NAMESPACE
+namespace functional {
 
 namespace detail_stats {
 inline void check_view(const char* op, const View& v) {
@@ -28,8 +32,9 @@ void check_pointer(const char* op, const char* name, const P* p, bool needed) {
 /// Two-pass over L1-sized chunks (one read of x from memory), chunks merged with Chan et al.
 /// (detail::Moments); never E[x^2] - E[x]^2. A constant channel gives its value as mean exactly
 /// and M2 == 0. m == 0 gives mean 0, M2 0 (the identity of merge_moments). NaN/Inf propagate.
-/// Throws std::invalid_argument on a negative view dimension or a null pointer (when the view
-/// is not empty); after that it cannot fail.
+/// Float inputs whose exact statistics are finite in double get them (no overflow or underflow
+/// of float partial sums). Throws std::invalid_argument on a negative view dimension or a null
+/// pointer (when the view is not empty); after that it cannot fail.
 template <class T>
 void batch_moments(const T* x, View v, accum_t<T>* mean, accum_t<T>* m2) {
   constexpr const char* op = "batchnorm::functional::batch_moments";
@@ -37,7 +42,7 @@ void batch_moments(const T* x, View v, accum_t<T>* mean, accum_t<T>* m2) {
   detail_stats::check_pointer(op, "x", x, v.size() > 0);
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "m2", m2, v.channels > 0);
-  batchnorm::detail::moments(x, v, mean, m2);
+  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_moments(x, v, mean, m2); });
 }
 
 /// Per-channel mean and biased variance var_c = M2_c / m (what training normalizes with);
@@ -68,4 +73,5 @@ Index merge_moments(Index channels, Index count_a, A* mean_a, A* m2_a, Index cou
   return count_a + count_b;
 }
 
-}  // namespace batchnorm::functional
+}  // namespace functional
+BATCHNORM_END_NAMESPACE

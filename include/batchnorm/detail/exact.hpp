@@ -1,0 +1,78 @@
+// batchnorm: scalar reference loops in accum_t<T>, for the few cases where the vector kernels'
+// T arithmetic cannot give the exact result (detail/isa/drivers.hpp says when). Compiled once,
+// outside the ISA copies. Free to change; not public API.
+#pragma once
+
+#include <cmath>
+
+#include "../view.hpp"
+#include "coef.hpp"
+
+BATCHNORM_BEGIN_NAMESPACE
+namespace detail {
+
+/// Calls f(value, index) for the values of channel c of the view, in memory order.
+template <class T, class F>
+void for_each_value(const T* x, const View& v, Index c, F f) noexcept {
+  for (Index o = 0; o < v.outer; ++o) {
+    const Index off = (o * v.channels + c) * v.inner;
+    for (Index i = 0; i < v.inner; ++i) f(x[off + i], off + i);
+  }
+}
+
+/// Float statistics the vector kernels may have got wrong, for a channel of n > 0 values:
+///   - not finite (a partial sum of squares, or of x - s, overflowed float although the exact
+///     statistics may be finite in double; NaN and Inf inputs land here too);
+///   - tiny: M2 < n * 2^-100 with |mean| < 2^-38, where squares of deviations under 2^-63 may
+///     have underflowed float (they lose at most n * 2^-126 in all, under 2^-26 of any larger M2,
+///     and values of magnitude 2^-38 or more differ by at least 2^-62 when they differ).
+/// Never for double, whose partial sums are taken in double anyway.
+template <class T, class A>
+bool float_moments_suspect(A n, A mean, A m2) noexcept {
+  if constexpr (sizeof(T) == sizeof(A)) {
+    return false;
+  } else {
+    if (!std::isfinite(mean) || !std::isfinite(m2)) return true;
+    return m2 < n * A(0x1p-100) && std::abs(mean) < A(0x1p-38);
+  }
+}
+
+/// Two-pass moments of channel c in A: mean = sum x / m, M2 = sum (x - mean)^2. Exact for float
+/// input wherever the result is finite in double (float values, their sums and squares of their
+/// deviations are all far inside double's range). A constant channel gives M2 == 0.
+template <class T, class A>
+void exact_moments(const T* x, const View& v, Index c, A& mean, A& m2) noexcept {
+  A sum = 0;
+  for_each_value(x, v, c, [&](T xv, Index) { sum += static_cast<A>(xv); });
+  mean = sum / static_cast<A>(v.count());
+  A sq = 0;
+  for_each_value(x, v, c, [&](T xv, Index) {
+    const A e = static_cast<A>(xv) - mean;
+    sq += e * e;
+  });
+  m2 = sq;
+}
+
+/// The gradient sums of channel c in A (see group_grad_sums): sum dy, sum dy * (x - mean).
+template <class T, class A>
+void exact_grad_sums(const T* x, const T* dy, const View& v, Index c, A mean, A& sum_dy, A& sum_dy_d) noexcept {
+  A s0 = 0, s1 = 0;
+  for_each_value(x, v, c, [&](T xv, Index i) {
+    const A d = static_cast<A>(dy[i]);
+    s0 += d;
+    s1 += d * (static_cast<A>(xv) - mean);
+  });
+  sum_dy = s0, sum_dy_d = s1;
+}
+
+/// dx = dy * p + (x - mean) * q + r' of channel c, in A, rounded once to T: p = k_c,
+/// q = -k_c * invstd_c^2 * sum_dy_d / m, r' = -k_c * sum_dy / m (functional::backward_training).
+template <class T, class A>
+void exact_dx(const T* x, const T* dy, const View& v, Index c, A mean, A p, A q, A r, T* dx) noexcept {
+  for_each_value(x, v, c, [&](T xv, Index i) {
+    dx[i] = static_cast<T>(static_cast<A>(dy[i]) * p + ((static_cast<A>(xv) - mean) * q + r));
+  });
+}
+
+}  // namespace detail
+BATCHNORM_END_NAMESPACE

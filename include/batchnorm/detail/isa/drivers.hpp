@@ -1,0 +1,297 @@
+// batchnorm: the kernels the functional layer calls, one ISA copy: each makes the plan of its
+// view (detail/plan.hpp), tells the plan observer, and runs the plan's traversal group by group,
+// or segment by segment. The formulas, and the checks of the arguments, are the functional
+// layer's (functional/*.hpp); what arrives here is valid. Free to change; not public API.
+// No include guard: detail/dispatch.hpp includes the isa/ files once per ISA, inside namespace
+// detail::<isa> (see isa/simd.hpp).
+
+/// Notifies the plan observer (tests) of the plan of a kernel call.
+inline void observe(const Plan& p) noexcept {
+  if (plan_observer) plan_observer(p, kIsa);
+}
+
+/// Mean and M2 of the channels [c0, c0 + nc) of a group into mean[0..nc), m2[0..nc), by the
+/// plan's traversal. Empty channels give mean 0, M2 0 and read nothing. Float statistics the
+/// vector sums may have got wrong (float_moments_suspect: overflow, or underflow of tiny
+/// deviations) are taken again exactly in double, unless the channel is constant.
+template <class T, class A>
+void group_moments(const T* x, const View& v, const Plan& p, Index c0, Index nc, A* mean, A* m2) noexcept {
+  if (v.outer == 0 || v.inner == 0) {
+    for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
+    return;
+  }
+  switch (p.path) {
+    case Path::row:
+      for (Index k = 0; k < nc; ++k) {
+        Moments<A> acc;
+        channel_moments(x, v, c0 + k, acc);
+        mean[k] = acc.mean, m2[k] = acc.m2;
+      }
+      break;
+    case Path::row_short: short_moments(x, v, c0, nc, mean, m2); break;
+    case Path::lane: lane_moments(x, v, c0, nc, mean, m2); break;
+    case Path::wide_rows: wide_moments(x, v, c0, nc, mean, m2); break;
+  }
+  const A n = static_cast<A>(v.count());
+  for (Index k = 0; k < nc; ++k) {
+    if (!float_moments_suspect<T>(n, mean[k], m2[k])) continue;
+    const T first = x[(c0 + k) * v.inner];
+    bool constant = true;
+    for_each_value(x, v, c0 + k, [&](T xv, Index) { constant = constant && xv == first; });
+    if (!constant) exact_moments(x, v, c0 + k, mean[k], m2[k]);
+  }
+}
+
+/// Per-channel mean and M2 over the whole view: the groups of the plan, or its batch segments
+/// (moments of each segment, merged in segment order).
+template <class T, class A>
+void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::forward);
+  observe(p);
+  if (p.segments > 1) {
+    BATCHNORM_ASSERT(v.channels <= kSegmentChannels, "segment arrays hold the view");
+    A sm[kSegments][kSegmentChannels], s2[kSegments][kSegmentChannels];
+    for_each_segment<T>(v, p, [&](Index s, const View& sub, const Plan& sp, Index off) {
+      group_moments(x + off, sub, sp, 0, sub.channels, sm[s], s2[s]);
+    });
+    for (Index c = 0; c < v.channels; ++c) {
+      Moments<A> acc;
+      for (Index s = 0; s < p.segments; ++s) acc.merge(static_cast<A>(segment_count(v, p.segments, s)), sm[s][c], s2[s][c]);
+      mean[c] = acc.mean, m2[c] = acc.m2;
+    }
+    return;
+  }
+  for_each_group(v, p, [&](Index c0, Index nc) { group_moments(x, v, p, c0, nc, mean + c0, m2 + c0); });
+}
+
+/// Sums over the channels of a group of dy and of dy * d, d = x - mean_c, into sum_dy[0..nc),
+/// sum_dy_d[0..nc):
+///   sum_dy = sum dy,   sum_dy_d = sum dy * d = sum dy * (x - head_c) - tail_c * sum_dy
+/// coef_of(c) gives head_c and tail_c (a Coef<T>, mean_c = head_c + tail_c); the tail is taken
+/// out of the sum once per channel instead of once per value. after(o0, rows, t0, nt) is called
+/// once the values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they
+/// are in cache (inference backward writes dx there: one pass over x and dy). Empty channels
+/// give zero sums. Float sums that overflowed are taken again in double (exact_grad_sums).
+struct NoAfter {
+  void operator()(Index, Index, Index, Index) const noexcept {}
+};
+
+template <class T, class A, class CoefOf, class After = NoAfter>
+void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+                     A* sum_dy, A* sum_dy_d, After after = {}) noexcept {
+  if (v.outer == 0 || v.inner == 0) {
+    for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
+    return;
+  }
+  switch (p.path) {
+    case Path::row:
+    case Path::row_short: row_grad_sums(x, dy, v, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
+    case Path::wide_rows: wide_grad_sums(x, dy, v, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
+    case Path::lane: lane_grad_sums(x, dy, v, p, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
+  }
+  for (Index k = 0; k < nc; ++k) {
+    const Coef<T> cf = coef_of(c0 + k);
+    sum_dy_d[k] -= static_cast<A>(cf.tail) * sum_dy[k];
+    if (!std::isfinite(sum_dy[k]) || !std::isfinite(sum_dy_d[k])) {
+      if constexpr (sizeof(T) < sizeof(A))  // a float partial sum overflowed (or NaN/Inf input)
+        exact_grad_sums(x, dy, v, c0 + k, static_cast<A>(cf.head) + static_cast<A>(cf.tail), sum_dy[k], sum_dy_d[k]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The elementwise formulas, with the constants of functional/ (Coef): each is the T form of the
+// formula stated on the functional function that uses it.
+
+/// y = (x - head) * p + r                       (functional::normalize, forward_*)
+inline constexpr auto affine_of = [](auto xv, auto, auto h, auto, auto p, auto, auto r) { return (xv - h) * p + r; };
+/// dx = dy * p + ((x - head) * q + r)           (functional::backward_training, backward_dx):
+/// each addition has one product operand, so a compiler that contracts into fused multiply-adds
+/// does it the same way in every code path.
+inline constexpr auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) {
+  return dyv * p + ((xv - h) * q + r);
+};
+/// dx = dy * p                                  (functional::backward_inference)
+inline constexpr auto scale_of = [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; };
+
+/// y = affine_of(x) over every channel, coef_of(c) giving channel c's constants: over the
+/// groups of the plan, or its batch segments.
+template <class T, class CoefOf>
+void normalize(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::forward);
+  observe(p);
+  if (p.segments > 1) {
+    for_each_segment<T>(v, p, [&](Index, const View& sub, const Plan& sp, Index off) {
+      group_apply<T, false>(x + off, nullptr, y + off, sub, sp, 0, sub.channels, coef_of, affine_of);
+    });
+  } else {
+    for_each_group(v, p, [&](Index c0, Index nc) { group_apply<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of); });
+  }
+  simd::stream_fence();
+}
+
+/// Training forward: per group, its moments into mean[c], m2[c], then finish(c0, nc) (turns
+/// them into the statistics and constants coef_of reads), then y = affine_of(x) while the group
+/// is in cache. Segmented plans: every channel's moments first (merged over the segments),
+/// finish(0, C), then the elementwise pass over the segments.
+template <class T, class A, class Finish, class CoefOf>
+void forward_training(const T* x, const View& v, Finish finish, CoefOf coef_of, T* y, A* mean, A* m2) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::forward);
+  if (p.segments > 1) {
+    moments(x, v, mean, m2);
+    call_baseline(finish, Index(0), v.channels);
+    normalize(x, v, coef_of, y);
+    return;
+  }
+  observe(p);
+  for_each_group(v, p, [&](Index c0, Index nc) {
+    group_moments(x, v, p, c0, nc, mean + c0, m2 + c0);
+    call_baseline(finish, c0, nc);
+    group_apply<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of);
+  });
+  simd::stream_fence();
+}
+
+/// The gradient sums (group_grad_sums) of every channel, centre(c) giving mean_c as a Coef
+/// (head, tail): over the groups of the plan, or its batch segments (added in segment order).
+template <class T, class A, class Centre>
+void grad_sums(const T* x, const T* dy, const View& v, Centre centre, A* sum_dy, A* sum_dy_d) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  observe(p);
+  if (p.segments > 1) {
+    segment_sums<T>(
+        v, p,
+        [&](const View& sub, const Plan& sp, Index off, A* s0, A* s1) {
+          group_grad_sums(x + off, dy + off, sub, sp, 0, sub.channels, centre, s0, s1);
+        },
+        sum_dy, sum_dy_d);
+  } else {
+    for_each_group(v, p, [&](Index c0, Index nc) {
+      group_grad_sums(x, dy, v, p, c0, nc, centre, sum_dy + c0, sum_dy_d + c0);
+    });
+  }
+}
+
+/// dx = dx_of(x, dy) for channels [c0, c0 + nc) of the view (a group), dx_coef(c) giving the T
+/// constants; with plan.exact_dx (float, channels of at most kExactDxCount values) the formula
+/// in double instead, from dx_coef.exact(c) (see exact_dx).
+template <class T, class DxCoef>
+void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, const DxCoef& dx_coef,
+              T* dx) noexcept {
+  if (p.exact_dx) {
+    for (Index c = c0; c < c0 + nc; ++c) {
+      const auto e = dx_coef.exact(c);
+      exact_dx(x, dy, v, c, e.mean, e.p, e.q, e.r, dx);
+    }
+    return;
+  }
+  group_apply<T, true>(x, dy, dx, v, p, c0, nc, dx_coef, dx_of);
+}
+
+/// dx of every channel (group_dx): over the groups of the plan, or its batch segments.
+template <class T, class DxCoef>
+void dx_pass(const T* x, const T* dy, const View& v, const DxCoef& dx_coef, T* dx) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  observe(p);
+  if (p.segments > 1) {
+    for_each_segment<T>(v, p, [&](Index, const View& sub, const Plan& sp, Index off) {
+      Plan whole = sp;
+      whole.exact_dx = p.exact_dx;  // the count is the whole view's
+      group_dx(x + off, dy + off, sub, whole, 0, sub.channels, dx_coef, dx + off);
+    });
+  } else {
+    for_each_group(v, p, [&](Index c0, Index nc) { group_dx(x, dy, v, p, c0, nc, dx_coef, dx); });
+  }
+  simd::stream_fence();
+}
+
+/// Training backward: per group, its gradient sums into sum_dy, sum_dy_d, then params(c0, nc)
+/// (dweight, dbias), then, if want_dx, dx while the group is in cache. Segmented plans: every
+/// channel's sums, params(0, C), then dx over the segments.
+template <class T, class A, class Centre, class Params, class DxCoef>
+void backward_training(const T* x, const T* dy, const View& v, Centre centre, Params params, const DxCoef& dx_coef,
+                       T* dx, A* sum_dy, A* sum_dy_d) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  if (p.segments > 1) {
+    grad_sums(x, dy, v, centre, sum_dy, sum_dy_d);
+    call_baseline(params, Index(0), v.channels);
+    if (dx) dx_pass(x, dy, v, dx_coef, dx);
+    return;
+  }
+  observe(p);
+  for_each_group(v, p, [&](Index c0, Index nc) {
+    group_grad_sums(x, dy, v, p, c0, nc, centre, sum_dy + c0, sum_dy_d + c0);
+    call_baseline(params, c0, nc);
+    if (dx) group_dx(x, dy, v, p, c0, nc, dx_coef, dx);
+  });
+  simd::stream_fence();
+}
+
+/// Inference backward: dx = scale_of(dy) (scale_coef(c) gives p), and, with sums, the gradient
+/// sums in the same pass (dx of a region written right after it is summed, still in cache),
+/// then params(c0, nc). Segmented plans: the pass over each segment on the threads, the sums
+/// added in segment order, then params(0, C).
+template <class T, class A, class Centre, class ScaleCoef, class Params>
+void backward_inference(const T* x, const T* dy, const View& v, Centre centre, ScaleCoef scale_coef, bool sums,
+                        Params params, T* dx, A* sum_dy, A* sum_dy_d) noexcept {
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  observe(p);
+  // Channels [c0, c0 + nc) of the view w (at offset off of the whole, planned as wp).
+  const auto pass = [&](const View& w, const Plan& wp, Index off, Index c0, Index nc, A* s0, A* s1) {
+    if (sums) {
+      group_grad_sums(x + off, dy + off, w, wp, c0, nc, centre, s0, s1, [&](Index o0, Index rows, Index t0, Index nt) {
+        if (dx) region_apply<T, false>(dy + off, nullptr, dx + off, w, wp, o0, rows, t0, nt, scale_coef, scale_of);
+      });
+    } else if (dx) {
+      group_apply<T, false>(dy + off, nullptr, dx + off, w, wp, c0, nc, scale_coef, scale_of);
+    }
+  };
+  if (p.segments > 1) {
+    segment_sums<T>(
+        v, p, [&](const View& sub, const Plan& sp, Index off, A* s0, A* s1) { pass(sub, sp, off, 0, sub.channels, s0, s1); },
+        sum_dy, sum_dy_d);
+    if (sums) call_baseline(params, Index(0), v.channels);
+  } else {
+    for_each_group(v, p, [&](Index c0, Index nc) {
+      pass(v, p, 0, c0, nc, sum_dy + c0, sum_dy_d + c0);
+      if (sums) call_baseline(params, c0, nc);
+    });
+  }
+  simd::stream_fence();
+}
+
+/// This copy's kernels as static members, for the dispatcher (detail/dispatch.hpp), which hands
+/// a Kernels of the selected copy to the caller's generic lambda.
+struct Kernels {
+  static constexpr Isa isa = kIsa;
+  template <class T>
+  static constexpr int lanes = simd::Simd<T>::lanes;
+  template <class... Args>
+  static void run_moments(Args&&... args) noexcept {
+    moments(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_normalize(Args&&... args) noexcept {
+    normalize(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_forward_training(Args&&... args) noexcept {
+    forward_training(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_grad_sums(Args&&... args) noexcept {
+    grad_sums(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_dx(Args&&... args) noexcept {
+    dx_pass(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_backward_training(Args&&... args) noexcept {
+    backward_training(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_backward_inference(Args&&... args) noexcept {
+    backward_inference(std::forward<Args>(args)...);
+  }
+};

@@ -1,0 +1,262 @@
+// batchnorm: the lane path (Path::lane): statistics and gradient sums across lanes. Free to change; not public API.
+// No include guard: detail/dispatch.hpp includes the isa/ files once per ISA, inside namespace
+// detail::<isa> (see isa/simd.hpp).
+
+template <class F>
+void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) noexcept {
+  const Index ct = tile_channels(v);
+  for (Index o0 = 0; o0 < v.outer; o0 += block)
+    for (Index t0 = c0; t0 < c0 + nc; t0 += ct) f(o0, std::min(block, v.outer - o0), t0, std::min(ct, c0 + nc - t0));
+}
+
+/// Wide rows (lane path with inner >= one vector): calls f(o0, rows, k0, nk) for chunks
+/// [k0, k0 + nk) of at most kWideChannels channels of [c0, c0 + nc) (outer loop) and, within
+/// each, blocks of rows [o0, o0 + rows) of about kWideBlockBytes (inner loop). The caller reads a
+/// block in memory order: row by row, the chunk's channels along each row (one contiguous run of
+/// nk * inner values a row), never down a column.
+
+template <class T, int NV, class F>
+void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum_t<T>* out, F f) noexcept {
+  const NarrowLanes<T, NV> L(nl);
+  typename simd::Simd<T>::vec t[NV];
+  RegisterSums<T, NV> w;
+  for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+    strip_sums(x, stride, r0, std::min(rows, r0 + kFlush), L, a, t, f);
+    w.add(t);
+  }
+  w.store(out, nl);
+}
+
+/// Per-lane sums over `rows` rows (stride apart) of nl lanes:
+///   out[l] = sum_r f(x[r][l], a[l])
+/// kFlush rows at a time, in strips summed in registers (strip_sums), then added to out in A.
+/// Strips of kWideStripVectors vectors (memory read in long runs: (25088, 256) floats 1.2x ->
+/// 0.65x memcpy) unless rows are 4 KiB apart or more, where a strip's rows would share L1 sets
+/// (kNarrowVectors vectors then). Narrow tiles keep the A sums in registers too
+/// (narrow_lane_sums). The same additions per lane in every case.
+template <class T, class F>
+void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum_t<T>* out, F f) noexcept {
+  if (narrow_dispatch<T>(nl, [&](auto nv) { narrow_lane_sums<T, decltype(nv)::value>(x, stride, rows, nl, a, out, f); }))
+    return;
+  for (Index l = 0; l < nl; ++l) out[l] = 0;
+  using S = simd::Simd<T>;
+  for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+    const Index r1 = std::min(rows, r0 + kFlush);
+    const auto strip = [&](Index l0, const auto& L) {
+      typename S::vec t[std::decay_t<decltype(L)>::vectors];
+      strip_sums(x + l0, stride, r0, r1, L, a + l0, t, f);
+      L.flush(t, out + l0);
+    };
+    if (rows_share_sets<T>(stride)) for_each_strip<T, kNarrowVectors>(nl, strip);
+    else for_each_strip<T, kWideStripVectors>(nl, strip);
+  }
+}
+
+/// Merges, per channel k < nt, its I lanes of `rows` values each (lane moments bmean, bm2 at
+/// k*I + i) into one set of rows*I values: sequentially, lane i joining i lanes, with Chan's
+/// factors shared by all channels (f1 = 1/(i+1), f2 = i*rows/(i+1)). Result in bmean[k], bm2[k].
+template <class A>
+void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
+  if (I == 1) return;
+  // The factors, once for all channels (I < kLanes here: rows of a vector or more don't fold).
+  A f1[kLanes], f2[kLanes];
+  for (Index i = 1; i < I; ++i)
+    f1[i] = A(1) / static_cast<A>(i + 1), f2[i] = static_cast<A>(i * rows) / static_cast<A>(i + 1);
+  for (Index k = 0; k < nt; ++k) {
+    A mean = bmean[k * I], m2 = bm2[k * I];
+    for (Index i = 1; i < I; ++i) {
+      const A delta = bmean[k * I + i] - mean;
+      mean += delta * f1[i];
+      m2 += bm2[k * I + i] + delta * delta * f2[i];
+    }
+    bmean[k] = mean, bm2[k] = m2;
+  }
+}
+
+/// Lane path: mean and M2 of channels [c0, c0 + nc) into mean[0..nc), m2[0..nc), streaming row
+/// blocks of kBlockRows to kBlockRowsMax rows. Per
+/// tile of a block, each lane is two-passed (shifted by the block's first row); the lanes of a channel merge into
+/// its block moments, which merge into the channel's running moments (every channel has the same
+/// count, so the Chan factors are shared). Means are merged relative to each channel's first
+/// value, as in channel_moments. Empty channels (inner == 0 or outer == 0) are the caller's.
+template <class T, class A>
+void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
+  const Index I = v.inner, stride = v.channels * I;
+  alignas(64) T shift[kLanes], head[kLanes];
+  alignas(64) A bsum[kLanes], bm2[kLanes], bu[kLanes];
+  for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
+  A n = 0;  // values merged so far, per channel
+  // Rows per block: about kBlockBytes of a full tile (more rows amortise the per-lane work of a
+  // block), from the view alone so that blocks, and results, never depend on the threads.
+  const Index tile_bytes = std::min(v.channels, tile_channels(v)) * I * static_cast<Index>(sizeof(T));
+  const Index block = std::clamp(kBlockBytes / std::max<Index>(1, tile_bytes), kBlockRows, kBlockRowsMax);
+  for_each_block_tile(v, c0, nc, block, [&](Index o0, Index rows, Index t0, Index nt) {
+    const Index nl = nt * I;
+    BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the lane arrays");
+    const T* blk = x + (o0 * v.channels + t0) * I;
+    for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
+    lane_sums(blk, stride, rows, nl, shift, bsum, [](auto xv, auto s) { return xv - s; });
+    // Block means per lane, relative to the first value of the lane's channel (x[(t0 + k) * I]).
+    const A a_rows = static_cast<A>(rows);
+    const auto block_mean = [&](Index l, A origin) {
+      const A rel = (static_cast<A>(shift[l]) - origin) + bsum[l] / a_rows;
+      const A bmean = origin + rel;
+      bsum[l] = rel;
+      head[l] = static_cast<T>(bmean);
+      bu[l] = bmean - static_cast<A>(head[l]);
+    };
+    if (I == 1) {  // a flat loop the compiler vectorizes
+      const T* x0 = x + t0;
+      for (Index l = 0; l < nl; ++l) block_mean(l, static_cast<A>(x0[l]));
+    } else {
+      for (Index k = 0; k < nt; ++k)
+        for (Index i = 0; i < I; ++i) block_mean(k * I + i, static_cast<A>(x[(t0 + k) * I]));
+    }
+    lane_sums(blk, stride, rows, nl, head, bm2, [](auto xv, auto h) {
+      const auto e = xv - h;
+      return e * e;
+    });
+    for (Index l = 0; l < nl; ++l) bm2[l] = m2_about_mean(bm2[l], a_rows, bu[l]);
+    fold_lanes(nt, I, rows, bsum, bm2);
+    const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
+    A* cm = mean + (t0 - c0);
+    A* c2 = m2 + (t0 - c0);
+    if (n == 0) {
+      for (Index k = 0; k < nt; ++k) cm[k] = bsum[k], c2[k] = bm2[k];
+    } else {
+      for (Index k = 0; k < nt; ++k) {
+        const A delta = bsum[k] - cm[k];
+        cm[k] += delta * f1;
+        c2[k] += bm2[k] + delta * delta * f2;
+      }
+    }
+    if (t0 + nt == c0 + nc) n = n_ab;  // the block is done for every tile
+  });
+  if (v.outer > 0 && I > 0)
+    for (Index k = 0; k < nc; ++k) mean[k] += static_cast<A>(x[(c0 + k) * I]);
+}
+
+/// Mean and M2 of the channels of a group into mean[0..nc), m2[0..nc).
+
+// ---------------------------------------------------------------------------------------------
+// Gradient sums.
+
+/// The gradient sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most
+/// kFlush, stride apart):  t0[j] = sum_r dy[r],  t1[j] = sum_r dy[r] * (x[r] - head[j]).
+/// Rows in order, one product per addition (as strip_sums). With Sweeps2, two sweeps over the
+/// rows, one sum each: a sweep reads its rows' strips in memory order with NV accumulators and
+/// the second finds dy in L1 (wide strips; see lane_grad_rows); otherwise one sweep, both sums.
+template <bool Sweeps2, class T, int NV>
+inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
+                            const T* head, typename simd::Simd<T>::vec* t0, typename simd::Simd<T>::vec* t1) noexcept {
+  using S = simd::Simd<T>;
+  for (int j = 0; j < NV; ++j) t0[j] = t1[j] = S::zero();
+  if constexpr (Sweeps2) {
+    for (Index r = r0; r < r1; ++r)
+      for (int j = 0; j < NV; ++j) t0[j] += L.load(dy + r * stride, j);
+    for (Index r = r0; r < r1; ++r)
+      for (int j = 0; j < NV; ++j) t1[j] += L.load(dy + r * stride, j) * (L.load(x + r * stride, j) - L.load(head, j));
+  } else {
+    typename S::vec h[NV];
+    for (int j = 0; j < NV; ++j) h[j] = L.load(head, j);
+    for (Index r = r0; r < r1; ++r)
+      for (int j = 0; j < NV; ++j) {
+        const auto d = L.load(dy + r * stride, j);
+        t0[j] += d, t1[j] += d * (L.load(x + r * stride, j) - h[j]);
+      }
+  }
+}
+
+/// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T, added
+/// to out0, out1 in A:
+///   out0[l] += sum_r dy[r][l],   out1[l] += sum_r dy[r][l] * (x[r][l] - head[l])
+/// Strips summed over the rows in registers (strip_grad_sums): with `sweeps2` (x and dy stream
+/// from memory, rows under 4 KiB apart) strips of kWideStripVectors vectors in two sweeps,
+/// which read memory in much longer runs (measured: (25088, 256) floats 2.4x -> 1.1x memcpy);
+/// otherwise strips of kGradStripVectors vectors in one sweep (in cache, or with rows 4 KiB
+/// apart, whose strips of 8 rows would not stay in L1's sets between two sweeps).
+template <class T>
+inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
+                           accum_t<T>* out0, accum_t<T>* out1, bool sweeps2) noexcept {
+  using S = simd::Simd<T>;
+  const auto strip = [&](auto sweeps) {
+    return [&](Index l0, const auto& L) {
+      constexpr int NV = std::decay_t<decltype(L)>::vectors;
+      typename S::vec t0[NV], t1[NV];
+      strip_grad_sums<decltype(sweeps)::value>(x + l0, dy + l0, stride, r0, r1, L, head + l0, t0, t1);
+      L.flush(t0, out0 + l0);
+      L.flush(t1, out1 + l0);
+    };
+  };
+  if (sweeps2) for_each_strip<T, kWideStripVectors>(nl, strip(std::true_type{}));
+  else for_each_strip<T, kGradStripVectors>(nl, strip(std::false_type{}));
+}
+
+/// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
+/// s0[l], s1[l] (A) exactly as lane_grad_rows does it (strip_grad_sums every kFlush rows, then
+/// s += in A, in the same order), with the A sums in registers: the lane arrays' store-to-load
+/// round trips would chain the flushes.
+template <class T, int NV>
+void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index nl, const T* head,
+                       accum_t<T>* s0, accum_t<T>* s1) noexcept {
+  const NarrowLanes<T, NV> L(nl);
+  typename simd::Simd<T>::vec t0[NV], t1[NV];
+  RegisterSums<T, NV> w0, w1;
+  w0.load(s0, nl), w1.load(s1, nl);
+  for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+    strip_grad_sums<false>(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, head, t0, t1);
+    w0.add(t0), w1.add(t1);
+  }
+  w0.store(s0, nl), w1.store(s1, nl);
+}
+
+/// Sums over the channels of a group of dy and of dy * d, d = x - mean_c, into sum_dy[0..nc),
+/// sum_dy_d[0..nc):
+///   sum_dy = sum dy,   sum_dy_d = sum dy * d = sum dy * (x - head_c) - tail_c * sum_dy
+/// coef_of(c) gives head_c and tail_c (a Coef<T>, mean_c = head_c + tail_c); the tail is taken
+/// out of the sum once per channel instead of once per value. after(o0, rows, t0, nt) is called
+/// once the values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they
+/// are in cache (inference backward writes dx there: one pass over x and dy).
+
+/// Lane path: the gradient sums of channels [c0, c0 + nc) (see group_grad_sums). Row blocks in
+/// order, rows one after the other; per tile, kFlush rows summed per lane in T, then added to
+/// the channels' sums in A (inner == 1) or to the lanes' sums in A, which join the channels' at
+/// the end of the block (inner > 1). after(o0, rows, t0, nt) once a block of a tile is summed.
+template <class T, class A, class CoefOf, class After>
+void lane_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+                    A* sum_dy, A* sum_dy_d, After after) noexcept {
+  const Index C = v.channels, I = v.inner;
+  for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
+  const Index stride = C * I;
+  alignas(64) T head[kLanes];
+  alignas(64) A l0[kLanes], l1[kLanes];  // inner > 1: a block's sums per lane, in A
+  Index coef_tile = -1;
+  for_each_block_tile(v, c0, nc, kSumRows, [&](Index o0, Index rows, Index t0, Index nt) {
+    const Index nl = nt * I;
+    if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
+      for (Index k = 0; k < nt; ++k) {
+        const T h = coef_of(t0 + k).head;
+        for (Index i = 0; i < I; ++i) head[k * I + i] = h;
+      }
+      coef_tile = t0;
+    }
+    A* s0 = sum_dy + (t0 - c0);
+    A* s1 = sum_dy_d + (t0 - c0);
+    const T* xb = x + (o0 * C + t0) * I;
+    const T* db = dy + (o0 * C + t0) * I;
+    if (I > 1) std::fill(l0, l0 + nl, A(0)), std::fill(l1, l1 + nl, A(0));
+    if (I == 1 && narrow_dispatch<T>(nl, [&](auto nv) {
+          narrow_grad_block<T, decltype(nv)::value>(xb, db, stride, rows, nl, head, s0, s1);
+        }))
+      return after(o0, rows, t0, nt);
+    for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
+      const Index r1 = std::min(o0 + rows, r0 + kFlush);
+      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1,
+                     p.stream && !rows_share_sets<T>(stride));
+    }
+    if (I > 1)  // the block's lane sums into the channels', lane by lane
+      for (Index k = 0; k < nt; ++k)
+        for (Index i = 0; i < I; ++i) s0[k] += l0[k * I + i], s1[k] += l1[k * I + i];
+    after(o0, rows, t0, nt);
+  });
+}

@@ -1,0 +1,204 @@
+// batchnorm: the elementwise passes and their stores (plain or non-temporal). Free to change; not public API.
+// No include guard: detail/dispatch.hpp includes the isa/ files once per ISA, inside namespace
+// detail::<isa> (see isa/simd.hpp).
+
+template <class T>
+struct LaneCoefs {
+  const T* k[5];
+};
+
+/// out[i] = at(i) for i < n, a vector (W values) at a time; at(i, r) with 0 < r < W is the vector
+/// of the r values from i (zeros after them). With stream: a partial store up to the first
+/// aligned address, then non-temporal stores of whole vectors; the tail as a partial store. In
+/// place (out == the input at() reads) this is safe: the head vector reads [0, W) before anything
+/// past the head is written.
+template <class T, class At>
+inline void store_span(T* out, Index n, bool stream, At at) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  Index i = 0;
+  if constexpr (W > 1) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(out);
+    if (stream && n >= 2 * W && addr % sizeof(T) == 0) {
+      const int head = static_cast<int>((kBytes - addr % kBytes) % kBytes / sizeof(T));
+      if (head) S::store_n(out, at(0, 0), head), i = head;
+      for (; i + W <= n; i += W) simd::stream<T>(out + i, at(i, 0));
+    }
+  }
+  for (; i + W <= n; i += W) S::store(out + i, at(i, 0));
+  if constexpr (W > 1)
+    if (i < n) S::store_n(out + i, at(i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
+/// out[i] = f(x[i], u[i], head, tail, p, q, r) for i < n, with the constants as scalars (row
+/// path, K = Coef<T>) or loaded per lane (lane path, K = LaneCoefs<T>). u is read only if HasU.
+/// With stream, full vectors at aligned addresses go out as non-temporal stores (a partial
+/// vector up to the first aligned address, and the tail, as masked stores).
+template <class T, bool HasU, class K, class F>
+inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, const K& k, F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr bool per_lane = std::is_same_v<K, LaneCoefs<T>>;
+  store_span(out, n, stream, [&](Index i, int r) {
+    const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
+    const auto xv = ld(x + i);
+    const auto uv = HasU ? ld(u + i) : S::zero();
+    if constexpr (per_lane)
+      return f(xv, uv, ld(k.k[0] + i), ld(k.k[1] + i), ld(k.k[2] + i), ld(k.k[3] + i), ld(k.k[4] + i));
+    else
+      return f(xv, uv, k.head, k.tail, k.p, k.q, k.r);
+  });
+}
+
+/// region_apply on a narrow tile (nl lanes in NV vectors): the lane constants stay in registers
+/// for all `rows` rows (stride apart). When streaming and every row starts at an aligned
+/// address, whole vectors go out as non-temporal stores; partial vectors and everything else
+/// as plain stores.
+template <class T, bool HasU, int NV, class F>
+void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Index nl, const LaneCoefs<T>& k,
+                  bool stream, F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  const NarrowLanes<T, NV> L(nl);
+  typename S::vec c[5][NV];
+  for (int m = 0; m < 5; ++m)
+    for (int j = 0; j < NV; ++j) c[m][j] = L.load(k.k[m], j);
+  const bool nt_stores = W > 1 && stream && stride % W == 0 && simd::stream_aligned(out);
+  for (Index r = 0; r < rows; ++r) {
+    const T* xr = x + r * stride;
+    T* o = out + r * stride;
+    for (int j = 0; j < NV; ++j) {
+      const auto v = f(L.load(xr, j), HasU ? L.load(u + r * stride, j) : S::zero(), c[0][j], c[1][j], c[2][j], c[3][j],
+                       c[4][j]);
+      if (nt_stores && (j < NV - 1 || L.last == W)) simd::stream<T>(o + j * W, v);
+      else L.store(o, j, v);
+    }
+  }
+}
+
+/// out[i] = f(x[i], u[i], constants of channel (i / I) mod nt) for i < rows * nt * I: `rows`
+/// contiguous rows of nt channels of I >= W values each, as one run (so that non-temporal stores
+/// cover whole aligned vectors across channel and row boundaries). A vector that straddles a
+/// boundary is computed with both channels' constants and blended (I >= W: at most one boundary
+/// a vector). Heads and tails as apply_span.
+template <class T, bool HasU, class F>
+inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, Index rows, const Coef<T>* cfs, bool stream,
+                      F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr Index W = S::lanes;
+  const Index n = rows * nt * I;
+  Index j = 0, end = I;  // channel of the current position, and where it ends
+  store_span(out, n, stream, [&](Index i, int r) {
+    while (i >= end) j = j + 1 == nt ? 0 : j + 1, end += I;
+    const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
+    const auto xv = ld(x + i);
+    const auto uv = HasU ? ld(u + i) : S::zero();
+    const Coef<T>& a = cfs[j];
+    auto v = f(xv, uv, a.head, a.tail, a.p, a.q, a.r);
+    const Index width = r ? r : W;
+    if (i + width > end) {
+      const Coef<T>& b = cfs[j + 1 == nt ? 0 : j + 1];
+      v = S::blend_first(v, f(xv, uv, b.head, b.tail, b.p, b.q, b.r), static_cast<int>(end - i));
+    }
+    return v;
+  });
+}
+
+/// out[i] = f(x[i], u[i], constants of lane i mod nl) for i < n: n / nl contiguous rows of nl
+/// lanes as one run, so that non-temporal stores cover whole aligned vectors across row
+/// boundaries (rows that are not whole vectors would otherwise leave a partial vector at each
+/// end of every row). k's arrays hold nl + W - 1 lanes or more, lane l >= nl repeating lane
+/// l mod nl, so that a vector straddling two rows loads its constants in one piece.
+template <class T, bool HasU, class F>
+inline void apply_lane_run(const T* x, const T* u, T* out, Index n, Index nl, const LaneCoefs<T>& k, bool stream,
+                           F f) noexcept {
+  using S = simd::Simd<T>;
+  Index lane = 0, pos = 0;  // lane of position pos
+  store_span(out, n, stream, [&](Index i, int r) {
+    for (lane += i - pos, pos = i; lane >= nl;) lane -= nl;
+    const auto ld = [r](const T* p) { return r ? S::load_n(p, r) : S::load(p); };
+    return f(ld(x + i), HasU ? ld(u + i) : S::zero(), S::load(k.k[0] + lane), S::load(k.k[1] + lane),
+             S::load(k.k[2] + lane), S::load(k.k[3] + lane), S::load(k.k[4] + lane));
+  });
+}
+
+/// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
+/// [t0, t0 + nt), nt == 1 or a lane tile, in memory order; coef_of(c) gives the Coef<T> of
+/// channel c. Rows of a vector or more take the constants as scalars, channel by channel along
+/// each row (apply_run); shorter rows load them per lane.
+template <class T, bool HasU, class CoefOf, class F>
+void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index o0, Index rows, Index t0,
+                  Index nt, CoefOf coef_of, F f) noexcept {
+  const Index C = v.channels, I = v.inner;
+  const bool stream = p.stream;
+  if (nt == 1) {
+    const Coef<T> cf = coef_of(t0);
+    // Last row first: the statistics or sums pass just read the channel in order, so its last
+    // rows are the likeliest still in L2 (measured: resnet_s1 NCHW backward 10-15% faster).
+    for (Index o = o0 + rows - 1; o >= o0; --o) {
+      const Index off = (o * C + t0) * I;
+      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f);
+    }
+    return;
+  }
+  // Tiles of every channel: the rows are contiguous, one run in memory.
+  const bool whole = t0 == 0 && nt == C;
+  const Index off0 = (o0 * C + t0) * I;
+  const T* ub = HasU ? u + off0 : nullptr;
+  if (p.path == Path::wide_rows) {
+    BATCHNORM_ASSERT(nt <= kWideChannels, "a wide-row chunk fits the constants array");
+    Coef<T> cfs[kWideChannels];
+    for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
+    if (whole) return apply_run<T, HasU>(x + off0, ub, out + off0, I, nt, rows, cfs, stream, f);
+    for (Index o = o0; o < o0 + rows; ++o) {
+      const Index off = (o * C + t0) * I;
+      apply_run<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, nt, 1, cfs, stream, f);
+    }
+    return;
+  }
+  constexpr Index W = simd::Simd<T>::lanes;
+  alignas(64) T k[5][kLanes + W];
+  const Index nl = nt * I;
+  BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
+  for (Index j = 0; j < nt; ++j) {
+    const Coef<T> cf = coef_of(t0 + j);
+    for (Index i = 0; i < I; ++i) {
+      const Index l = j * I + i;
+      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+    }
+  }
+  const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
+  // Rows of whole vectors: row by row. Otherwise, with contiguous rows, one run (per-row
+  // partial vectors next to non-temporal stores cost several times the pass), unless the
+  // stores are plain and the tile is narrow (constants in registers).
+  const bool run = whole && nl % W != 0 && W > 1;
+  if (!(run && stream) && narrow_dispatch<T>(nl, [&](auto nv) {
+        narrow_apply<T, HasU, decltype(nv)::value>(x + off0, ub, out + off0, C * I, rows, nl, lanes, stream, f);
+      }))
+    return;
+  if (run) {
+    for (int m = 0; m < 5; ++m)
+      for (Index l = nl; l < nl + W; ++l) k[m][l] = k[m][l % nl];
+    return apply_lane_run<T, HasU>(x + off0, ub, out + off0, rows * nl, nl, lanes, stream, f);
+  }
+  for (Index o = o0; o < o0 + rows; ++o) {
+    const Index off = (o * C + t0) * I;
+    apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nl, stream, lanes, f);
+  }
+}
+
+/// out = f(x, u, coefficients of the value's channel) over the channels of a group: channel by
+/// channel on the row path, row blocks of lane tiles in memory order on the lane path.
+template <class T, bool HasU, class CoefOf, class F>
+void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+                 F f) noexcept {
+  if (p.row()) {
+    for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, coef_of, f);
+    return;
+  }
+  const auto region = [&](Index o0, Index rows, Index t0, Index nt) {
+    region_apply<T, HasU>(x, u, out, v, p, o0, rows, t0, nt, coef_of, f);
+  };
+  if (p.path == Path::wide_rows) for_each_chunk_block<T>(v, c0, nc, region);
+  else for_each_block_tile(v, c0, nc, kApplyRows, region);
+}
+

@@ -1,0 +1,75 @@
+// batchnorm: the threaded loops over groups and batch segments (OpenMP when the library is built
+// with it: batchnorm::openmp). Compiled once, outside the ISA copies: a parallel region calls
+// the copy's per-group function (Clang drops a function's target attribute inside the regions
+// it outlines). Free to change; not public API.
+#pragma once
+
+#include <algorithm>
+
+#include "../config.hpp"
+#include "plan.hpp"
+
+BATCHNORM_BEGIN_NAMESPACE
+namespace detail {
+
+/// Calls f(args...) as code of the compile flags' baseline, never inlined into an ISA copy: the
+/// functional layer's per-channel formulas (running statistics, parameter gradients) then round
+/// the same whichever copy runs and wherever else they are called (no fused multiply-add that
+/// the baseline does not have). Once per group: the call costs nothing measurable.
+template <class F, class... Args>
+BATCHNORM_NOINLINE void call_baseline(F& f, Args... args) {
+  f(args...);
+}
+
+/// Calls f(c0, nc) for every group [c0, c0 + nc) of the plan, on OpenMP threads if it says so.
+template <class F>
+void for_each_group(const View& v, const Plan& p, F f) noexcept {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (p.parallel)
+#endif
+  for (Index g = 0; g < p.groups; ++g) {
+    const Index c0 = g * p.group;
+    f(c0, std::min(p.group, v.channels - c0));
+  }
+}
+
+/// Calls f(s, sub, sub_plan, offset) for the p.segments segments of the outer axis, on OpenMP
+/// threads: sub is the view of rows [outer * s / S, outer * (s + 1) / S), offset the index of
+/// its first value, sub_plan its own plan, streaming as the whole view's.
+template <class T, class F>
+void for_each_segment(const View& v, const Plan& p, F f) noexcept {
+  const Index S = p.segments;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (S > 1 && max_threads() > 1)
+#endif
+  for (Index s = 0; s < S; ++s) {
+    const Index o0 = v.outer * s / S, o1 = v.outer * (s + 1) / S;
+    const View sub{o1 - o0, v.channels, v.inner};
+    Plan sp = make_plan<T>(sub, p.lanes, p.pass);
+    sp.stream = p.stream;
+    f(s, sub, sp, o0 * v.channels * v.inner);
+  }
+}
+
+/// The values of segment s of a segmented view, per channel.
+inline Index segment_count(const View& v, Index S, Index s) noexcept {
+  return (v.outer * (s + 1) / S - v.outer * s / S) * v.inner;
+}
+
+/// Segmented views (p.segments > 1): f(sub, sub_plan, offset, s0, s1) sums the channels of
+/// each segment into s0[0..C), s1[0..C) (zero on entry), on the threads; the segments' sums are
+/// then added in segment order: sum0[c] = sum_s s0_s[c], sum1 likewise.
+template <class T, class A, class F>
+void segment_sums(const View& v, const Plan& p, F f, A* sum0, A* sum1) noexcept {
+  BATCHNORM_ASSERT(v.channels <= kSegmentChannels && p.segments <= kSegments, "segment arrays hold the view");
+  A s0[kSegments][kSegmentChannels] = {}, s1[kSegments][kSegmentChannels] = {};
+  for_each_segment<T>(v, p, [&](Index s, const View& sub, const Plan& sp, Index off) { f(sub, sp, off, s0[s], s1[s]); });
+  for (Index c = 0; c < v.channels; ++c) {
+    A a = 0, b = 0;
+    for (Index s = 0; s < p.segments; ++s) a += s0[s][c], b += s1[s][c];
+    sum0[c] = a, sum1[c] = b;
+  }
+}
+
+}  // namespace detail
+BATCHNORM_END_NAMESPACE

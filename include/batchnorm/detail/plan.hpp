@@ -1,0 +1,127 @@
+// batchnorm: the plan, decided once per call from the view and the vector width. Free to change;
+// not public API.
+//
+// Every kernel (isa/drivers.hpp) starts with make_plan and runs what it names; nothing else
+// re-derives "few channels?" or "short rows?". The traversals, one file each under isa/:
+//
+//   Path::row        rows of kRowMin values or more (or a single row): channel c is `outer` rows
+//                    of `inner` contiguous values; loops run along the rows with per-channel
+//                    constants, one channel a group (row_path.hpp).
+//   Path::row_short  the same with a channel of at most kChunk values: a group holds several
+//                    channels whose passes run together, so their latencies overlap.
+//   Path::lane       shorter rows: for fixed o the values of a tile of whole channels are one
+//                    contiguous run of "lanes"; loops run across lanes with per-lane constants
+//                    and partial sums in registers, and lanes fold into channels (lane_path.hpp).
+//   Path::wide_rows  lane-path rows of a vector or more: per-channel constants instead, read in
+//                    memory order, each row one run across a chunk of channels (wide_rows.hpp).
+//
+// A group (one thread's unit) finishes its statistics and then its elementwise pass, so the
+// second pass finds the group in cache when it fits. With few channels or short rows the threads
+// split the batch into `segments` instead, each segment planned on its own. Every sum has an order
+// fixed by the view alone: results are bitwise the same for any number of threads.
+#pragma once
+
+#include <algorithm>
+#include <numeric>
+
+#include "../isa.hpp"
+#include "../view.hpp"
+#include "tuning.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+BATCHNORM_BEGIN_NAMESPACE
+namespace detail {
+
+enum class Path { row, row_short, lane, wide_rows };
+
+/// The kind of pass, which sets the size from which outputs are streamed (tuning.hpp).
+enum class Pass { forward, backward };
+
+struct Plan {
+  Path path = Path::row;
+  int lanes = 1;          ///< values of T per vector of the ISA that runs
+  Pass pass = Pass::forward;
+  Index group = 1;        ///< channels per group (row: 1; row_short: several; lane paths: whole tiles)
+  Index groups = 0;       ///< number of groups
+  Index segments = 1;     ///< batch segments the threads take instead of groups (1: none)
+  bool parallel = false;  ///< run groups on OpenMP threads
+  bool stream = false;    ///< write the output with non-temporal stores
+  bool exact_dx = false;  ///< float training dx in double (channels of at most kExactDxCount values)
+
+  bool row() const noexcept { return path == Path::row || path == Path::row_short; }
+};
+
+inline int max_threads() noexcept {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Channels per lane tile: whole channels, at most kLanes lanes.
+inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
+
+/// Lane-path rows kPageBytes or more apart put a strip's rows in the same L1 sets: such strips
+/// stay narrow.
+template <class T>
+constexpr bool rows_share_sets(Index stride) noexcept {
+  return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;
+}
+
+/// Few channels (fewer than kFewChannels), or short rows (channels * inner at most
+/// kSegmentLanes), and enough values for threads: the batch is cut into kSegments segments
+/// that run on the threads instead of the channel groups; their statistics and sums merge in
+/// segment order. Otherwise 1.
+inline Index segments_of(const View& v) noexcept {
+  const bool few = v.channels < kFewChannels || v.channels * v.inner <= kSegmentLanes;
+  return few && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
+}
+
+/// The plan for a view of T with vectors of `lanes` values. Row paths take one channel a group
+/// (short channels: about kShortGroupBytes of them, at least one group per thread). Lane paths
+/// take a range of whole tiles a group, one range per thread, or, with fewer tiles than
+/// threads, an even share of the channels rounded to whole vectors of lanes. Lanes are
+/// independent: the partition never changes a result.
+template <class T>
+Plan make_plan(const View& v, int lanes, Pass pass) noexcept {
+  Plan p;
+  p.lanes = lanes;
+  p.pass = pass;
+  const Index C = v.channels;
+  const int threads = v.size() >= kParallelMin ? max_threads() : 1;
+  p.parallel = threads > 1;
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) >= (pass == Pass::forward ? kStreamBytesForward : kStreamBytes);
+  p.segments = segments_of(v);
+  p.exact_dx = sizeof(T) == sizeof(float) && v.count() > 0 && v.count() <= kExactDxCount;
+  if (v.inner >= kRowMin || v.outer <= 1) {
+    const bool short_channels = v.outer * v.inner <= kChunk;
+    p.path = short_channels ? Path::row_short : Path::row;
+    const Index bytes = std::max<Index>(1, v.outer * v.inner * static_cast<Index>(sizeof(T)));
+    p.group = short_channels ? std::max<Index>(1, std::min(kShortGroupBytes / bytes, (C + threads - 1) / threads)) : 1;
+  } else {
+    p.path = v.inner >= lanes ? Path::wide_rows : Path::lane;
+    const Index ct = tile_channels(v);
+    const Index tiles = (C + ct - 1) / ct;
+    p.group = ct * ((tiles + threads - 1) / threads);
+    if (tiles < threads && C * v.inner >= threads * kSegmentLanes) {
+      const Index W = lanes, I = std::max<Index>(1, v.inner);
+      const Index unit = W / std::gcd(W, I);  // channels that make a whole number of vectors
+      const Index share = (C + threads - 1) / threads;
+      p.group = std::min(p.group, (share + unit - 1) / unit * unit);
+    }
+  }
+  p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
+  return p;
+}
+
+/// Tests watch the plans the kernels run through this hook (nullptr: nobody watches). It is
+/// called once per kernel call, from the calling thread, with the plan of the whole view and
+/// the Isa of the copy that runs it.
+inline void (*plan_observer)(const Plan&, Isa) = nullptr;
+
+}  // namespace detail
+BATCHNORM_END_NAMESPACE

@@ -1,0 +1,93 @@
+// batchnorm: the tuning constants of the kernels, in one place. Free to change; not public API.
+// Each says its unit and its reason. They were measured on the project's benchmark machine: a
+// 2-core x86-64 virtual machine with AVX-512, 48 KiB L1d, 2 MiB L2 per core and 32 MiB L3 (the
+// figures and the runs behind them are in bench/results and the commit messages). They depend
+// on the cache sizes, not on the vector width, except where a comment says so.
+#pragma once
+
+#include "../view.hpp"
+
+BATCHNORM_BEGIN_NAMESPACE
+namespace detail {
+
+// --- Which traversal (plan.hpp) ------------------------------------------------------------
+/// values: rows at least this long take the row path (vectorised along a row); shorter rows
+/// take the lane path (vectorised across neighbouring channels), whose tiles hold a row.
+inline constexpr Index kRowMin = 1024;
+/// values: a lane-path tile holds whole channels, at most this many values of a row (its
+/// per-lane constants and sums are stack arrays of this size).
+inline constexpr Index kLanes = 1024;
+static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
+
+// --- Row path (row_path.hpp) -----------------------------------------------------------------
+/// values: a two-pass chunk of the row path, read twice from L1 (8 KiB of float).
+inline constexpr Index kChunk = 2048;
+/// bytes of short channels (one chunk each) per group, so that their per-channel latencies
+/// overlap (L1-sized).
+inline constexpr Index kShortGroupBytes = 1 << 14;
+
+// --- Lane path (lane_path.hpp) ---------------------------------------------------------------
+/// rows: a statistics block of the lane path (two passes over it from L2): at least kBlockRows,
+/// at most kBlockRowsMax, about kBlockBytes of a full tile in between; more rows amortise the
+/// per-lane work of a block.
+inline constexpr Index kBlockRows = 64;
+inline constexpr Index kBlockRowsMax = 256;
+inline constexpr Index kBlockBytes = 1 << 18;
+/// rows: a block of the lane path's gradient sums, and of its elementwise pass.
+inline constexpr Index kSumRows = 64;
+inline constexpr Index kApplyRows = 256;
+/// vectors: lane tiles of at most this many vectors keep their sums and constants in registers
+/// (16 vector registers hold two sums and the constants); also the width of statistic strips
+/// whose rows are 4 KiB apart or more.
+inline constexpr int kNarrowVectors = 8;
+/// vectors: gradient-sum strips of wider tiles, in cache or with rows 4 KiB apart (two sums a
+/// vector: 8 spilled registers).
+inline constexpr int kGradStripVectors = 4;
+/// vectors: strips of rows under 4 KiB apart: statistics, and gradient sums in two sweeps when
+/// streaming from memory (memory read in 1 KiB runs of float with AVX-512).
+inline constexpr int kWideStripVectors = 16;
+/// bytes: rows this far apart or more put a strip's rows in the same L1 sets (4 KiB aliasing).
+inline constexpr Index kPageBytes = 4096;
+
+// --- Wide rows (wide_rows.hpp) ---------------------------------------------------------------
+/// rows: a statistics block when rows hold a vector or more (L1).
+inline constexpr Index kWideBlockRows = 16;
+/// channels: a chunk of the wide-row traversal (its per-channel constants and sums are stack
+/// arrays of this size).
+inline constexpr Index kWideChannels = 64;
+/// bytes: a row block of a wide-row chunk (L2).
+inline constexpr Index kWideBlockBytes = 1 << 18;
+
+// --- Precision (sums.hpp) --------------------------------------------------------------------
+/// additions: partial sums in T take at most this many terms a lane before they move to double;
+/// for float that bounds the relative error of a partial sum by 7 * 2^-24.
+inline constexpr int kFlush = 8;
+/// values a channel: float training backward computes dx in double at or below this count,
+/// where dx is nearly pure cancellation (m = 2: dx = k * (dy - mean dy - xhat * mean dy*xhat)
+/// with xhat = +-1) and T arithmetic would cost more than the 1e-5 accuracy bar.
+inline constexpr Index kExactDxCount = 16;
+
+// --- Stores (store.hpp) ----------------------------------------------------------------------
+/// bytes of output: from this size a backward pass (x and dy in, dx out) writes with
+/// non-temporal stores (7-15% better from 4 MiB); below, the tensors stay in L3 between calls.
+inline constexpr Index kStreamBytes = 1 << 22;
+/// bytes of output: the same for a forward pass (x in, y out): plain stores measured 1.2-2x
+/// better at 1-9 MiB, streaming 10% better at 12.8 MiB.
+inline constexpr Index kStreamBytesForward = 10 << 20;
+
+// --- Threads (parallel.hpp) ------------------------------------------------------------------
+/// values: views smaller than this run on one thread (a fork/join costs more).
+inline constexpr Index kParallelMin = 1 << 16;
+/// channels: fewer than this, and the threads split the batch instead of the channels.
+inline constexpr Index kFewChannels = 4;
+/// segments: the batch splits into this many (fixed by the view, never by the thread count, so
+/// results are the same for any number of threads).
+inline constexpr Index kSegments = 8;
+/// values: rows (channels * inner) of at most this many split the batch too (a thread's share
+/// of a row would be a vector or less).
+inline constexpr Index kSegmentLanes = 64;
+/// channels: a segmented view has at most this many (the size of per-segment arrays).
+inline constexpr Index kSegmentChannels = kFewChannels - 1 > kSegmentLanes ? kFewChannels - 1 : kSegmentLanes;
+
+}  // namespace detail
+BATCHNORM_END_NAMESPACE

@@ -1,0 +1,317 @@
+// The kernel layer (detail/plan.hpp, detail/dispatch.hpp, batchnorm/isa.hpp): which copy runs,
+// which traversal each plan names (shapes computed from the tuning constants and the running
+// copy's vector width, each asserting through the plan observer that its path ran), SIMD tails
+// and misalignments of that width, and the invariants of the kernels: empty channels, float
+// statistics beyond float's range, running statistics that overflow, channels of two values.
+// ctest runs the whole suite once per BATCHNORM_ISA value, so each copy passes all of this.
+#include <catch2/catch.hpp>
+
+#include <batchnorm/batchnorm.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/naive.hpp"
+#include "support/tensors.hpp"
+#include "support/tolerance.hpp"
+
+using namespace batchnorm_test;
+namespace F = batchnorm::functional;
+namespace D = batchnorm::detail;
+using F::View;
+
+namespace {
+
+template <class T>
+using Acc = F::accum_t<T>;
+
+/// Records the plans the kernels run (the observer is process-wide; tests run one at a time).
+struct PlanLog {
+  static std::vector<std::pair<D::Plan, batchnorm::Isa>>& log() {
+    static std::vector<std::pair<D::Plan, batchnorm::Isa>> l;
+    return l;
+  }
+  PlanLog() {
+    log().clear();
+    D::plan_observer = [](const D::Plan& p, batchnorm::Isa isa) { log().emplace_back(p, isa); };
+  }
+  ~PlanLog() { D::plan_observer = nullptr; }
+  PlanLog(const PlanLog&) = delete;
+  PlanLog& operator=(const PlanLog&) = delete;
+};
+
+/// Values of T per vector of the copy that runs.
+template <class T>
+int active_lanes() {
+  int lanes = 0;
+  D::with_kernels(batchnorm::active_isa(), [&](auto kernels) { lanes = decltype(kernels)::template lanes<T>; });
+  return lanes;
+}
+
+template <class A, class B>
+double worst_rel_err(const std::vector<A>& got, const std::vector<B>& ref) {
+  REQUIRE(got.size() == ref.size());
+  double worst = 0;
+  for (std::size_t k = 0; k < got.size(); ++k)
+    worst = std::max(worst, rel_err(static_cast<double>(got[k]), static_cast<double>(ref[k])));
+  return worst;
+}
+
+/// Training forward and backward of the functional layer against the long double reference;
+/// the pointers x, dy may be misaligned. Returns nothing; CHECKs inside.
+template <class T>
+void check_training(const View& v, std::size_t misalign, std::uint32_t seed, double mean = 3.0, double std = 2.0) {
+  const auto n = static_cast<std::size_t>(v.size());
+  const auto C = static_cast<std::size_t>(v.channels);
+  std::vector<T> xs(n + misalign + 1), dys(n + misalign + 1), ys(n + misalign + 1), dxs(n + misalign + 1);
+  const auto xv = normal_values<T>(n, mean, std, seed);
+  const auto dyv = normal_values<T>(n, 0.5, 1.0, seed + 1);
+  T* x = xs.data() + misalign;
+  T* dy = dys.data() + misalign;
+  T* y = ys.data() + misalign;
+  T* dx = dxs.data() + misalign;
+  std::copy(xv.begin(), xv.end(), x);
+  std::copy(dyv.begin(), dyv.end(), dy);
+  const auto w = normal_values<T>(C, 1.0, 0.3, seed + 2);
+  const auto b = normal_values<T>(C, 0.0, 0.3, seed + 3);
+  const double eps = 1e-3;
+  std::vector<Acc<T>> mean_out(C), invstd(C);
+  std::vector<T> dw(C), db(C);
+  F::forward_training(x, v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, eps, y,
+                      mean_out.data(), invstd.data());
+  F::backward_training(x, dy, v, mean_out.data(), invstd.data(), w.data(), dx, dw.data(), db.data());
+  const auto ref = naive_batch_norm(xv, dyv, v, true, w, b, eps);
+  const double tol = naive_tol<T>();
+  CHECK(worst_rel_err(mean_out, ref.mean) <= tol);
+  CHECK(worst_rel_err(std::vector<T>(y, y + n), ref.y) <= tol);
+  CHECK(worst_rel_err(std::vector<T>(dx, dx + n), ref.dx) <= tol);
+  CHECK(worst_rel_err(dw, ref.dweight) <= tol);
+  CHECK(worst_rel_err(db, ref.dbias) <= tol);
+}
+
+const char* path_name(D::Path p) {
+  switch (p) {
+    case D::Path::row: return "row";
+    case D::Path::row_short: return "row_short";
+    case D::Path::lane: return "lane";
+    default: return "wide_rows";
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the active copy is the CPU's widest under the BATCHNORM_ISA cap, and it is the one that runs",
+          "[dispatch]") {
+  const batchnorm::Isa cpu = D::cpu_isa();
+  batchnorm::Isa cap = batchnorm::Isa::avx512;
+  if (const char* env = std::getenv("BATCHNORM_ISA"); env && *env) {
+    const std::string s(env);
+    cap = s == "sse2" ? batchnorm::Isa::sse2 : s == "avx2" ? batchnorm::Isa::avx2 : batchnorm::Isa::avx512;
+  }
+  const batchnorm::Isa expected = D::compiled_isa(cpu < cap ? cpu : cap);
+  INFO("cpu " << batchnorm::isa_name(cpu) << ", cap " << batchnorm::isa_name(cap) << ", active "
+              << batchnorm::isa_name(batchnorm::active_isa()));
+  CHECK(batchnorm::active_isa() == expected);
+  // The copy that runs a kernel says so through the plan observer.
+  PlanLog plans;
+  std::vector<float> x{4, 7, 13, 16};
+  Acc<float> mean = 0, m2 = 0;
+  F::batch_moments(x.data(), View{4, 1, 1}, &mean, &m2);
+  REQUIRE(PlanLog::log().size() == 1);
+  CHECK(PlanLog::log()[0].second == expected);
+  CHECK(mean == 10.0);
+  CHECK(m2 == 90.0);
+}
+
+TEST_CASE("BATCHNORM_ISA with an unknown value is std::invalid_argument naming the variable and its values",
+          "[dispatch]") {
+  const char* old = std::getenv("BATCHNORM_ISA");
+  const std::string saved = old ? old : "";
+  REQUIRE(setenv("BATCHNORM_ISA", "avx1024", 1) == 0);
+  try {
+    (void)D::isa_cap_from_environment();
+    FAIL("no exception");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    CHECK(what.find("BATCHNORM_ISA") != std::string::npos);
+    CHECK(what.find("sse2, avx2 or avx512") != std::string::npos);
+    CHECK(what.find("avx1024") != std::string::npos);
+  }
+  REQUIRE(setenv("BATCHNORM_ISA", "sse2", 1) == 0);
+  CHECK(D::isa_cap_from_environment() == batchnorm::Isa::sse2);
+  if (old) setenv("BATCHNORM_ISA", saved.c_str(), 1);
+  else unsetenv("BATCHNORM_ISA");
+}
+
+TEMPLATE_TEST_CASE("each traversal of the plan runs on the shapes made for it and agrees with the reference",
+                   "[dispatch][paths]", float, double) {
+  using T = TestType;
+  const F::Index W = active_lanes<T>();
+  REQUIRE(W >= 2);
+  struct Case {
+    View v;
+    D::Path path;
+    F::Index segments;
+  };
+  const F::Index seg_rows = D::kSegments * (D::kParallelMin / 2 + 1);  // 2 channels: >= kParallelMin values
+  const std::vector<Case> cases{
+      {{3, 2, D::kRowMin + 3}, D::Path::row, 1},
+      {{1, 3, 5 * D::kChunk + 1}, D::Path::row, 1},  // one row of several chunks
+      {{2, 9, D::kChunk / 2}, D::Path::row_short, 1},
+      {{1, 7, 3}, D::Path::row_short, 1},
+      {{50, 3, 1}, D::Path::lane, 1},
+      {{40, D::kLanes + 5, 1}, D::Path::lane, 1},  // two tiles
+      {{30, 5, W - 1}, D::Path::lane, 1},
+      {{30, 5, W}, D::Path::wide_rows, 1},
+      {{20, D::kWideChannels + 3, 2 * W + 3}, D::Path::wide_rows, 1},
+      {{seg_rows, 2, 1}, D::Path::lane, D::kSegments},
+      {{D::kSegments * 4, 2, D::kRowMin * 2}, D::Path::row, D::kSegments},
+  };
+  std::uint32_t seed = 11;
+  for (const Case& c : cases) {
+    INFO("view (" << c.v.outer << ", " << c.v.channels << ", " << c.v.inner << "), expected path " << path_name(c.path)
+                  << ", W " << W);
+    const D::Plan p = D::make_plan<T>(c.v, static_cast<int>(W), D::Pass::forward);
+    CHECK(p.path == c.path);
+    CHECK(p.segments == c.segments);
+    PlanLog plans;
+    check_training<T>(c.v, 0, seed += 5);
+    REQUIRE(!PlanLog::log().empty());
+    for (const auto& [ran, isa] : PlanLog::log()) {
+      CHECK(isa == batchnorm::active_isa());
+      CHECK(ran.lanes == W);
+      CHECK(ran.segments == c.segments);
+      if (c.segments == 1) CHECK(path_name(ran.path) == std::string(path_name(c.path)));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("SIMD tails and misalignments of the running copy's width, row and lane paths", "[dispatch][tails]",
+                   float, double) {
+  using T = TestType;
+  const F::Index W = active_lanes<T>();
+  std::uint32_t seed = 101;
+  for (const F::Index n : {F::Index(1), W - 1, W, W + 1, 2 * W + 3}) {
+    if (n < 1) continue;
+    for (F::Index misalign = 0; misalign < W; ++misalign) {
+      INFO("n " << n << ", misalign " << misalign << ", W " << W);
+      check_training<T>(View{1, 2, n + 1}, static_cast<std::size_t>(misalign), seed += 4);  // row of n + 1 (m >= 2)
+      check_training<T>(View{D::kRowMin / 4, 2, D::kRowMin + n}, static_cast<std::size_t>(misalign), seed += 4);
+      check_training<T>(View{9, n, 1}, static_cast<std::size_t>(misalign), seed += 4);  // n lanes
+      check_training<T>(View{9, 3, n}, static_cast<std::size_t>(misalign), seed += 4);  // rows of n values
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("empty channels give zero moments and zero sums, reading nothing", "[dispatch][empty]", float,
+                   double) {
+  using T = TestType;
+  for (const View v : {View{4, 3, 0}, View{0, 3, 5}, View{0, 3, 1}, View{7, 2, 0}}) {
+    INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << ")");
+    std::vector<T> x(1, T(5));  // never read: the view is empty
+    std::vector<Acc<T>> mean(3, -1), m2(3, -1), s0(3, -1), s1(3, -1), centre(3, 2.0);
+    F::batch_moments(x.data(), v, mean.data(), m2.data());
+    F::backward_sums(x.data(), x.data(), v, centre.data(), s0.data(), s1.data());
+    for (F::Index c = 0; c < v.channels; ++c) {
+      CHECK(mean[static_cast<std::size_t>(c)] == 0);
+      CHECK(m2[static_cast<std::size_t>(c)] == 0);
+      CHECK(s0[static_cast<std::size_t>(c)] == 0);
+      CHECK(s1[static_cast<std::size_t>(c)] == 0);
+    }
+  }
+  // The modules: a ColMajor BatchNorm2d batch of N = 0, and a RowMajor (N, C, 0, W).
+  batchnorm::BatchNorm2d<T> bn(batchnorm::BatchNormOptions(3));
+  Eigen::Tensor<T, 4, Eigen::ColMajor> e0(0, 3, 4, 4);
+  Eigen::Tensor<T, 4, Eigen::RowMajor> e1(2, 3, 0, 4);
+  auto y0 = bn.forward(e0);
+  auto dx0 = bn.backward(e0, e0);
+  auto y1 = bn.forward(e1);
+  auto dx1 = bn.backward(e1, e1);
+  CHECK(y0.size() == 0);
+  CHECK(dx1.size() == 0);
+  for (int c = 0; c < 3; ++c) {
+    CHECK(bn.weight_grad()(c) == 0);
+    CHECK(bn.bias_grad()(c) == 0);
+    CHECK(bn.running_mean()(c) == 0);  // empty batches leave the running statistics alone
+    CHECK(bn.running_var()(c) == 1);
+  }
+}
+
+TEST_CASE("float statistics beyond float's range are exact: no overflow or underflow of partial sums",
+          "[dispatch][range]") {
+  // {1e30, -1e30, 2e30, -2e30}: the deviations square past float's range.
+  for (const View v : {View{1, 1, 4}, View{4, 1, 1}, View{2, 1, 2}}) {
+    std::vector<float> x{1e30f, -1e30f, 2e30f, -2e30f}, y(4);
+    Acc<float> mean = 0, invstd = 0;
+    F::forward_training(x.data(), v, static_cast<const float*>(nullptr), static_cast<const float*>(nullptr),
+                        static_cast<float*>(nullptr), static_cast<float*>(nullptr), 0.0, 1e-5, y.data(), &mean,
+                        &invstd);
+    const double sd = std::sqrt((1e60 + 1e60 + 4e60 + 4e60) / 4);  // float inputs, exact in double
+    for (std::size_t k = 0; k < 4; ++k)
+      CHECK(rel_err(y[k], static_cast<double>(x[k]) / sd) <= kFloatTrainTol);
+    CHECK(mean == 0);
+  }
+  // Near float's maximum: sums of x - s overflow float as well.
+  {
+    std::vector<float> x{3e38f, -3e38f, 3e38f, -3e38f, 1e38f}, y(5);
+    Acc<float> mean = 0, m2 = 0;
+    F::batch_moments(x.data(), View{5, 1, 1}, &mean, &m2);
+    const double exact_mean = static_cast<double>(x[4]) / 5;  // of the float values
+    double exact_m2 = 0;
+    for (float v : x) exact_m2 += (static_cast<double>(v) - static_cast<double>(x[4]) / 5) * (static_cast<double>(v) - static_cast<double>(x[4]) / 5);
+    CHECK(rel_err(mean / exact_mean, 1.0) <= 1e-12);
+    CHECK(rel_err(m2 / exact_m2, 1.0) <= 1e-12);
+    (void)y;
+  }
+  // Tiny spreads: deviations of 5e-26 square below float's smallest value; eps 1e-300 lets the
+  // variance decide: y = -1, 1.
+  {
+    std::vector<float> x{1e-25f, 0.0f}, y(2);
+    Acc<float> mean = 0, invstd = 0;
+    F::forward_training(x.data(), View{2, 1, 1}, static_cast<const float*>(nullptr), static_cast<const float*>(nullptr),
+                        static_cast<float*>(nullptr), static_cast<float*>(nullptr), 0.0, 1e-300, y.data(), &mean,
+                        &invstd);
+    CHECK(rel_err(y[0], 1.0) <= kFloatTrainTol);
+    CHECK(rel_err(y[1], -1.0) <= kFloatTrainTol);
+  }
+}
+
+TEST_CASE("a running statistic that overflows float becomes inf, never NaN", "[dispatch][range]") {
+  for (const double momentum : {1.0, 0.5, 0.1}) {
+    INFO("momentum " << momentum);
+    batchnorm::BatchNorm1d<float> bn(batchnorm::BatchNormOptions(1).momentum(momentum));
+    Eigen::Tensor<float, 2> x(2, 1);
+    x.setValues({{3e38f}, {-3e38f}});  // unbiased variance 1.8e77: beyond float
+    (void)bn.forward(x);
+    CHECK(std::isinf(bn.running_var()(0)));
+    CHECK(bn.running_var()(0) > 0);
+    CHECK(bn.running_mean()(0) == 0);
+    // A second step: (1 - f) * inf + f * var stays inf; with f == 1 it takes the batch's.
+    (void)bn.forward(x);
+    CHECK(std::isinf(bn.running_var()(0)));
+  }
+  // Momentum 0 keeps the old statistics, whatever the batch (0 * inf would be NaN).
+  batchnorm::BatchNorm1d<float> keep(batchnorm::BatchNormOptions(1).momentum(0.0));
+  Eigen::Tensor<float, 2> x(2, 1);
+  x.setValues({{3e38f}, {-3e38f}});
+  (void)keep.forward(x);
+  CHECK(keep.running_var()(0) == 1);
+  CHECK(keep.running_mean()(0) == 0);
+}
+
+TEMPLATE_TEST_CASE("the float accuracy bar holds for channels of 2 to 40 values, dx included", "[dispatch][small]",
+                   float, double) {
+  using T = TestType;
+  std::uint32_t seed = 7;
+  for (const F::Index m : {2, 3, 4, 5, 8, 16, 17, 40}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      INFO("m " << m << ", trial " << trial);
+      check_training<T>(View{m, 6, 1}, 0, seed += 3, 1.0, 0.1);
+      check_training<T>(View{1, 5, m}, 0, seed += 3, 1.0, 0.1);
+    }
+  }
+}

@@ -1,0 +1,2 @@
+#define TU_FUNCTION run_default
+#include "tu_body.hpp"

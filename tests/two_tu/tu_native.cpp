@@ -1,0 +1,2 @@
+#define TU_FUNCTION run_native
+#include "tu_body.hpp"
