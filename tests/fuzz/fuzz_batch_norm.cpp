@@ -407,12 +407,14 @@ std::string fmt(const char* f, double a, double b, double c, double d) {
 /// double's: squares of |x - mean| > ~1e154 overflow and the low word of a variance under
 /// ~2^-969 is denormal, so the reference itself is inexact there. Also, the library accumulates
 /// in double: when the exact statistics overflow double there is nothing to compare with.
-/// Constant channels (var exactly 0) are fine and checked exactly, oracle (f).
-inline bool reference_trusted(LD mean, LD var) {
+/// A variance below that is still fine when eps dominates it (var + eps >= 2^-900: what the
+/// squares lost to underflow, < n 2^-1074, is then far below the rounding of var + eps), and
+/// for constant channels (var exactly 0, checked exactly by oracle (f)).
+inline bool reference_trusted(LD mean, LD var, double eps) {
   const LD min_var = std::ldexp(1.0L, -969);
   const LD max = static_cast<LD>(std::numeric_limits<double>::max());
   return std::isfinite(mean) && std::isfinite(var) && std::fabs(mean) <= max && var <= max / 4 &&
-         (var == 0 || var >= min_var);
+         (var >= min_var || var + static_cast<LD>(eps) >= std::ldexp(1.0L, -900));
 }
 
 template <class T>
@@ -899,7 +901,7 @@ class Driver {
       const auto cu = static_cast<std::size_t>(c);
       const LD mean = static_cast<LD>(ref.mean[cu]), var = static_cast<LD>(ref.var[cu]);
       // Reference usable: finite inputs, statistics in the range where it is exact.
-      const bool usable = clean[cu] && reference_trusted(mean, var);
+      const bool usable = clean[cu] && reference_trusted(mean, var, eps_);
       if (!usable) continue;
       const ChannelBounds bd = bounds_of(xv, 0, v, c, mean, var, eps_, batch_stats);
       const LD wc = affine_ ? std::fabs(static_cast<LD>(w[cu])) : 1;
@@ -1037,7 +1039,7 @@ class Driver {
     for (Index c = 0; c < v.channels; ++c) {
       const auto cu = static_cast<std::size_t>(c);
       const LD mean = static_cast<LD>(ref.mean[cu]), var = static_cast<LD>(ref.var[cu]);
-      const bool usable = clean[cu] && reference_trusted(mean, var) && finite_double(static_cast<LD>(ref.dbias[cu])) &&
+      const bool usable = clean[cu] && reference_trusted(mean, var, eps_) && finite_double(static_cast<LD>(ref.dbias[cu])) &&
                           finite_double(static_cast<LD>(ref.dweight[cu]));
       if (!usable) continue;
       const ChannelBounds bd = bounds_of(xv, 0, v, c, mean, var, eps_, saved_batch_stats_);
