@@ -1,0 +1,54 @@
+#!/bin/sh
+# Fuzzing batchnorm's module API with libFuzzer (tests/fuzz/fuzz_batch_norm.cpp).
+#
+#   tests/fuzz/run.sh                 configure build/fuzz with clang++-14, build the fuzz target,
+#                                     run the smoke tests: ctest -L fuzz (fuzz.smoke.sse2/avx2/avx512,
+#                                     BATCHNORM_FUZZ_SECONDS each, default 60; set it in the
+#                                     environment to change it, e.g. BATCHNORM_FUZZ_SECONDS=10)
+#   tests/fuzz/run.sh --hours N       one long session instead: N hours, on build/fuzz/long/corpus
+#                                     (seeded from tests/fuzz/corpus, grows and is kept between
+#                                     sessions), BATCHNORM_ISA from the environment (default: unset,
+#                                     the widest path); one worker (-fork=1, the machine is shared)
+#                                     that keeps going after a crash (-ignore_crashes=1), so a
+#                                     session collects every crash, not only the first.
+#
+# Crashes (oracle failures, sanitizer reports): the smoke tests write them to
+# build/fuzz/tests/fuzz/smoke_<isa>/crash-<sha1>, a long session to build/fuzz/long/crash-<sha1>.
+# Each one is a reproducer; replay it (prints the decoded case: shape, layout, options, values):
+#   build/fuzz/tests/fuzz/fuzz_batch_norm build/fuzz/long/crash-<sha1>
+#   BATCHNORM_ISA=sse2 build/fuzz/tests/fuzz/fuzz_batch_norm <crash file>
+# and minimise it with
+#   build/fuzz/tests/fuzz/fuzz_batch_norm -minimize_crash=1 -runs=10000 <crash file>
+# BATCHNORM_FUZZ_PRINT=1 prints the decoded case of every input (also of passing ones).
+# The seed corpus comes from tests/fuzz/make_seeds.py; never write crash files into it.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=$root/build/fuzz
+hours=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --hours) hours=$2; shift 2 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+cmake -S "$root" -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DBATCHNORM_FUZZ=ON -DBATCHNORM_BUILD_EXAMPLES=OFF \
+  -DBATCHNORM_FUZZ_SECONDS="${BATCHNORM_FUZZ_SECONDS:-60}" > "$build.configure.log" 2>&1 ||
+  { tail -20 "$build.configure.log"; exit 1; }
+cmake --build "$build" -j2 --target fuzz_batch_norm > "$build.build.log" 2>&1 ||
+  { grep -E "error|warning" "$build.build.log" | head -30; exit 1; }
+fuzzer=$build/tests/fuzz/fuzz_batch_norm
+
+if [ -z "$hours" ]; then
+  exec ctest --test-dir "$build" -L fuzz --output-on-failure
+fi
+
+seconds=$(awk "BEGIN { printf \"%d\", $hours * 3600 }")
+mkdir -p "$build/long/corpus"
+cp -n "$here"/corpus/* "$build/long/corpus/" 2>/dev/null || true
+echo "fuzzing for $hours h ($seconds s), BATCHNORM_ISA=${BATCHNORM_ISA:-<unset>}; crashes go to $build/long/"
+exec "$fuzzer" -fork=1 -ignore_crashes=1 -max_total_time="$seconds" -max_len=1024 -timeout=60 -print_final_stats=1 \
+  -artifact_prefix="$build/long/" "$build/long/corpus"
