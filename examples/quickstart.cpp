@@ -39,5 +39,8 @@ int main() {
   const Tensor4 y_eval = bn.forward(x);
   std::printf("eval forward: y_eval(0, 0, 0, 0) = %.4f, num_batches_tracked = %lld\n",
               static_cast<double>(y_eval(0, 0, 0, 0)), static_cast<long long>(bn.num_batches_tracked()));
+  // The kernels ran with the widest instruction set this CPU supports (capped by the
+  // environment variable BATCHNORM_ISA=sse2|avx2|avx512).
+  std::printf("kernels: %s\n", batchnorm::isa_name(batchnorm::active_isa()));
   return 0;
 }

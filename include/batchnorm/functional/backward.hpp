@@ -10,6 +10,7 @@
 #include "../detail/coef.hpp"
 #include "../detail/dispatch.hpp"
 #include "forward.hpp"
+#include "running_stats.hpp"
 #include "stats.hpp"
 #include "view.hpp"
 
@@ -46,7 +47,7 @@ struct DxCoef {
   A m;
   batchnorm::detail::Coef<T> operator()(Index c) const noexcept {
     const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
-    const A q = -kc * invstd[c] * invstd[c] * (sum_dy_d[c] / m);
+    const A q = -kc * (invstd[c] * (invstd[c] * (sum_dy_d[c] / m)));  // no invstd^3: it may overflow
     auto cf = centre_coef<T>(mean[c]);
     cf.p = static_cast<T>(kc);
     cf.q = static_cast<T>(q);
@@ -59,7 +60,7 @@ struct DxCoef {
   };
   Exact exact(Index c) const noexcept {
     const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
-    return {mean[c], kc, -kc * invstd[c] * invstd[c] * (sum_dy_d[c] / m), -kc * (sum_dy[c] / m)};
+    return {mean[c], kc, -kc * (invstd[c] * (invstd[c] * (sum_dy_d[c] / m))), -kc * (sum_dy[c] / m)};
   }
 };
 
@@ -78,15 +79,16 @@ struct Scratch {
 }  // namespace detail_backward
 
 /// The parameter gradients of channels [0, channels) from the gradient sums of backward_sums:
-///   dbias_c = sum_dy_c,   dweight_c = invstd_c * sum_dy_d_c      (rounded to T)
+///   dbias_c = sum_dy_c,   dweight_c = invstd_c * sum_dy_d_c      (rounded to T; +-inf beyond
+/// T's range)
 /// dweight or dbias may be nullptr (not wanted). Synchronized batch norm calls it with a rank's
 /// own sums: its contributions, which the ranks' gradients add up to.
 template <class T>
 void param_grads(Index channels, const accum_t<T>* sum_dy, const accum_t<T>* sum_dy_d, const accum_t<T>* invstd,
                  T* dweight, T* dbias) noexcept {
   for (Index c = 0; c < channels; ++c) {
-    if (dbias) dbias[c] = static_cast<T>(sum_dy[c]);
-    if (dweight) dweight[c] = static_cast<T>(sum_dy_d[c] * invstd[c]);
+    if (dbias) dbias[c] = detail_running::saturate<T>(sum_dy[c]);
+    if (dweight) dweight[c] = detail_running::saturate<T>(sum_dy_d[c] * invstd[c]);
   }
 }
 

@@ -52,6 +52,30 @@ void lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum
   }
 }
 
+/// Per-lane sums of x - a[l] over `rows` rows (stride apart) of nl lanes:
+///   out[l] = sum_r (x[r][l] - a[l])
+/// For float in double from the first term (Simd::centred_add: x - a exact), in strips of
+/// kNarrowVectors vectors, so that a block mean of many float values keeps double's accuracy;
+/// for double as lane_sums.
+template <class T>
+void lane_centred_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum_t<T>* out) noexcept {
+  using S = simd::Simd<T>;
+  if constexpr (!S::wide_products) {
+    lane_sums(x, stride, rows, nl, a, out, [](auto xv, auto s) { return xv - s; });
+  } else {
+    for (Index l = 0; l < nl; ++l) out[l] = 0;
+    for_each_strip<T, kNarrowVectors>(nl, [&](Index l0, const auto& L) {
+      constexpr int NV = std::decay_t<decltype(L)>::vectors;
+      typename S::prod t[NV];
+      typename S::vec s[NV];
+      for (int j = 0; j < NV; ++j) t[j] = S::prod_zero(), s[j] = L.load(a + l0, j);
+      for (Index r = 0; r < rows; ++r)
+        for (int j = 0; j < NV; ++j) S::centred_add(t[j], L.load(x + r * stride + l0, j), s[j]);
+      L.flush_prod(t, out + l0);
+    });
+  }
+}
+
 /// Merges, per channel k < nt, its I lanes of `rows` values each (lane moments bmean, bm2 at
 /// k*I + i) into one set of rows*I values: sequentially, lane i joining i lanes, with Chan's
 /// factors shared by all channels (f1 = 1/(i+1), f2 = i*rows/(i+1)). Result in bmean[k], bm2[k].
@@ -59,6 +83,7 @@ template <class A>
 void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
   if (I == 1) return;
   // The factors, once for all channels (I < kLanes here: rows of a vector or more don't fold).
+  BATCHNORM_ASSERT(I <= kLanes, "a channel's lanes fit the factor arrays");
   A f1[kLanes], f2[kLanes];
   for (Index i = 1; i < I; ++i)
     f1[i] = A(1) / static_cast<A>(i + 1), f2[i] = static_cast<A>(i * rows) / static_cast<A>(i + 1);
@@ -95,7 +120,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
     BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the lane arrays");
     const T* blk = x + (o0 * v.channels + t0) * I;
     for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
-    lane_sums(blk, stride, rows, nl, shift, bsum, [](auto xv, auto s) { return xv - s; });
+    lane_centred_sums(blk, stride, rows, nl, shift, bsum);
     // Block means per lane, relative to the first value of the lane's channel (x[(t0 + k) * I]).
     const A a_rows = static_cast<A>(rows);
     const auto block_mean = [&](Index l, A origin) {
@@ -141,28 +166,31 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
 // ---------------------------------------------------------------------------------------------
 // Gradient sums.
 
-/// The gradient sums in T of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most
-/// kFlush, stride apart):  t0[j] = sum_r dy[r],  t1[j] = sum_r dy[r] * (x[r] - head[j]).
-/// Rows in order, one product per addition (as strip_sums). With Sweeps2, two sweeps over the
+/// The gradient sums of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most kFlush,
+/// stride apart):  t0[j] = sum_r dy[r] in T,  t1[j] = sum_r dy[r] * (x[r] - head[j]) in
+/// Simd::prod (float: double, exact products; see GradSpanSum). Rows in order, one product per
+/// addition (as strip_sums). With Sweeps2, two sweeps over the
 /// rows, one sum each: a sweep reads its rows' strips in memory order with NV accumulators and
 /// the second finds dy in L1 (wide strips; see lane_grad_rows); otherwise one sweep, both sums.
 template <bool Sweeps2, class T, int NV>
 inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
-                            const T* head, typename simd::Simd<T>::vec* t0, typename simd::Simd<T>::vec* t1) noexcept {
+                            const T* head, typename simd::Simd<T>::vec* t0, typename simd::Simd<T>::prod* t1) noexcept {
   using S = simd::Simd<T>;
-  for (int j = 0; j < NV; ++j) t0[j] = t1[j] = S::zero();
+  for (int j = 0; j < NV; ++j) t0[j] = S::zero(), t1[j] = S::prod_zero();
   if constexpr (Sweeps2) {
     for (Index r = r0; r < r1; ++r)
       for (int j = 0; j < NV; ++j) t0[j] += L.load(dy + r * stride, j);
     for (Index r = r0; r < r1; ++r)
-      for (int j = 0; j < NV; ++j) t1[j] += L.load(dy + r * stride, j) * (L.load(x + r * stride, j) - L.load(head, j));
+      for (int j = 0; j < NV; ++j)
+        S::prod_add(t1[j], L.load(dy + r * stride, j), L.load(x + r * stride, j), L.load(head, j));
   } else {
     typename S::vec h[NV];
     for (int j = 0; j < NV; ++j) h[j] = L.load(head, j);
     for (Index r = r0; r < r1; ++r)
       for (int j = 0; j < NV; ++j) {
         const auto d = L.load(dy + r * stride, j);
-        t0[j] += d, t1[j] += d * (L.load(x + r * stride, j) - h[j]);
+        t0[j] += d;
+        S::prod_add(t1[j], d, L.load(x + r * stride, j), h[j]);
       }
   }
 }
@@ -182,10 +210,11 @@ inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Inde
   const auto strip = [&](auto sweeps) {
     return [&](Index l0, const auto& L) {
       constexpr int NV = std::decay_t<decltype(L)>::vectors;
-      typename S::vec t0[NV], t1[NV];
+      typename S::vec t0[NV];
+      typename S::prod t1[NV];
       strip_grad_sums<decltype(sweeps)::value>(x + l0, dy + l0, stride, r0, r1, L, head + l0, t0, t1);
       L.flush(t0, out0 + l0);
-      L.flush(t1, out1 + l0);
+      L.flush_prod(t1, out1 + l0);
     };
   };
   if (sweeps2) for_each_strip<T, kWideStripVectors>(nl, strip(std::true_type{}));
@@ -200,12 +229,13 @@ template <class T, int NV>
 void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index nl, const T* head,
                        accum_t<T>* s0, accum_t<T>* s1) noexcept {
   const NarrowLanes<T, NV> L(nl);
-  typename simd::Simd<T>::vec t0[NV], t1[NV];
+  typename simd::Simd<T>::vec t0[NV];
+  typename simd::Simd<T>::prod t1[NV];
   RegisterSums<T, NV> w0, w1;
   w0.load(s0, nl), w1.load(s1, nl);
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
     strip_grad_sums<false>(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, head, t0, t1);
-    w0.add(t0), w1.add(t1);
+    w0.add(t0), w1.add_prod(t1);
   }
   w0.store(s0, nl), w1.store(s1, nl);
 }
@@ -233,6 +263,7 @@ void lane_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index
   Index coef_tile = -1;
   for_each_block_tile(v, c0, nc, kSumRows, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
+    BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the lane arrays");
     if (coef_tile != t0) {  // the constants of this tile (kept while the group is one tile)
       for (Index k = 0; k < nt; ++k) {
         const T h = coef_of(t0 + k).head;

@@ -20,8 +20,8 @@ inline A m2_about_mean(A sum_sq_about_head, A n, A u) noexcept {
 /// sum (x - s) over the rows x[o * stride + i], o < rows, i < len (one chunk), in A.
 template <class T>
 inline accum_t<T> chunk_sum_about(const T* x, Index stride, Index rows, Index len, T s) noexcept {
-  SpanSum<T> sum;
-  for (Index o = 0; o < rows; ++o) sum.add(x + o * stride, len, [s](auto xv) { return xv - s; });
+  CentredSpanSum<T> sum;
+  for (Index o = 0; o < rows; ++o) sum.add(x + o * stride, len, s);
   return sum.result();
 }
 
@@ -61,12 +61,8 @@ inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A ori
 template <class T, class A>
 inline bool chunk_moments_about(const T* x, Index stride, Index rows, Index len, A origin, T c, A& rel,
                                 A& m2) noexcept {
-  DualSpanSum<T> sums;
-  for (Index o = 0; o < rows; ++o)
-    sums.add(x + o * stride, x + o * stride, len, [c](auto xv, auto) {
-      const auto d = xv - c;
-      return typename DualSpanSum<T>::template Pair<decltype(d)>{d, d * d};
-    });
+  MomentSpanSum<T> sums;
+  for (Index o = 0; o < rows; ++o) sums.add(x + o * stride, len, c);
   const A n = static_cast<A>(rows * len), s1 = sums.first(), s2 = sums.second();
   const A cross = s1 * (s1 / n), m2_c = s2 - cross;
   if (!(cross <= m2_c)) return false;
@@ -139,12 +135,10 @@ void row_grad_sums(const T* x, const T* dy, const View& v, Index c0, Index nc, C
   const Index C = v.channels, I = v.inner, O = v.outer;
   for (Index k = 0; k < nc; ++k) {
     const T h = coef_of(c0 + k).head;
-    DualSpanSum<T> acc;
+    GradSpanSum<T> acc;
     for (Index o = 0; o < O; ++o) {
       const Index off = (o * C + c0 + k) * I;
-      acc.add(x + off, dy + off, I, [h](auto xv, auto dyv) {
-        return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * (xv - h)};
-      });
+      acc.add(x + off, dy + off, I, h);
       after(o, 1, c0 + k, 1);
     }
     sum_dy[k] = acc.first();

@@ -116,6 +116,65 @@ struct Simd {
   static void add(wide& w, const wide& u) noexcept {
     for (int k = 0; k < parts; ++k) w.p[k] += u.p[k];
   }
+  /// Sums of products dy * (x - h), lane by lane: for float in double (`wide`), where x - h and
+  /// the product are exact and only the addition rounds; for double in T.
+  static constexpr bool wide_products = parts > 1;
+  // (std::conditional_t would drop vec's vector attribute: a template argument loses it.)
+  template <bool Wide, int = 0>
+  struct ProdOf {
+    using type = wide;
+  };
+  template <int Unused>
+  struct ProdOf<false, Unused> {
+    typedef T type __attribute__((vector_size(kBytes)));
+  };
+  using prod = typename ProdOf<wide_products>::type;
+  static prod prod_zero() noexcept { return prod{}; }
+  /// p += dy * (x - h), lane by lane: for float all in double (x - h exact for any x, the
+  /// product exact, only the addition rounds), for double in T.
+  static void prod_add(prod& p, vec dy, vec x, vec h) noexcept {
+    if constexpr (wide_products) {
+      for (int k = 0; k < parts; ++k) {
+        part hd, hx, hh;
+        const std::size_t off = static_cast<std::size_t>(k) * sizeof(part);
+        std::memcpy(&hd, reinterpret_cast<const char*>(&dy) + off, sizeof hd);
+        std::memcpy(&hx, reinterpret_cast<const char*>(&x) + off, sizeof hx);
+        std::memcpy(&hh, reinterpret_cast<const char*>(&h) + off, sizeof hh);
+        p.p[k] += __builtin_convertvector(hd, avec) * (__builtin_convertvector(hx, avec) - __builtin_convertvector(hh, avec));
+      }
+    } else {
+      p += dy * (x - h);
+    }
+  }
+  /// p += x - s, lane by lane: for float in double (x - s exact for any x), for double in T.
+  static void centred_add(prod& p, vec x, vec s) noexcept {
+    if constexpr (wide_products) {
+      for (int k = 0; k < parts; ++k) {
+        part hx, hs;
+        const std::size_t off = static_cast<std::size_t>(k) * sizeof(part);
+        std::memcpy(&hx, reinterpret_cast<const char*>(&x) + off, sizeof hx);
+        std::memcpy(&hs, reinterpret_cast<const char*>(&s) + off, sizeof hs);
+        p.p[k] += __builtin_convertvector(hx, avec) - __builtin_convertvector(hs, avec);
+      }
+    } else {
+      p += x - s;
+    }
+  }
+  /// w += p, lane by lane, in A.
+  static void prod_flush(wide& w, const prod& p) noexcept {
+    if constexpr (wide_products) add(w, p);
+    else accumulate(w, p);
+  }
+  /// The lanes of p in A, into out[0..lanes).
+  static void prod_lanes(const prod& p, A* out) noexcept {
+    if constexpr (wide_products) {
+      lanes_of(p, out);
+    } else {
+      wide w{};
+      accumulate(w, p);
+      lanes_of(w, out);
+    }
+  }
   /// The lanes of w in order, into out[0..lanes).
   static void lanes_of(const wide& w, A* out) noexcept { std::memcpy(out, &w, sizeof(A) * lanes); }
 };
@@ -203,6 +262,15 @@ struct Simd {
   static vec blend_first(vec, vec b, int) noexcept { return b; }
   static void accumulate(wide& w, const vec& v) noexcept { w.p += static_cast<A>(v); }
   static void add(wide& w, const wide& u) noexcept { w.p += u.p; }
+  static constexpr bool wide_products = true;
+  using prod = wide;
+  static prod prod_zero() noexcept { return prod{}; }
+  static void prod_add(prod& p, vec dy, vec x, vec h) noexcept {
+    p.p += static_cast<A>(dy) * (static_cast<A>(x) - static_cast<A>(h));
+  }
+  static void centred_add(prod& p, vec x, vec s) noexcept { p.p += static_cast<A>(x) - static_cast<A>(s); }
+  static void prod_flush(wide& w, const prod& p) noexcept { w.p += p.p; }
+  static void prod_lanes(const prod& p, A* out) noexcept { *out = p.p; }
   static void add_to(A* out, const vec& v) noexcept { *out += static_cast<A>(v); }
   static void lanes_of(const wide& w, A* out) noexcept { *out = w.p; }
 };

@@ -61,56 +61,148 @@ struct SpanSum {
   }
 };
 
-/// Two sums over two inputs at once: f(x, u) returns the pair of terms {first, second}
-/// (vectors or scalars). Accumulators carry over between spans as in SpanSum.
-/// Scalar twin: for (i) {s0, s1} += f(x[i], u[i]).
-template <class T>
-struct DualSpanSum {
+/// The one-pass moments of spans about c (Scalar twin: for (i) s1 += x[i] - c,
+/// s2 += (x[i] - c)^2): s1 in Simd::prod (float: in double, x - c exact, so the mean of many
+/// float values keeps double's accuracy instead of float partial sums'), s2 in T partial sums
+/// flushed to A every kFlush terms a lane (squares add without cancellation). Accumulators
+/// carry over between spans.
+template <class T, bool Squares = true>
+struct MomentSpanSum {
   using S = simd::Simd<T>;
   using A = accum_t<T>;
-  typename S::vec a0, a1, b0, b1;
+  using P = typename S::prod;
+  P a0, a1;
+  typename S::vec b0, b1;
   int steps = 0;
   typename S::wide w0{}, w1{};
 
   // Written out (not defaulted) so that it is compiled in this copy's target region.
-  DualSpanSum() noexcept : a0(S::zero()), a1(S::zero()), b0(S::zero()), b1(S::zero()) {}
-
-  template <class V>
-  struct Pair {
-    V first, second;
-  };
+  MomentSpanSum() noexcept : a0(S::prod_zero()), a1(S::prod_zero()), b0(S::zero()), b1(S::zero()) {}
 
   void flush() noexcept {
-    S::accumulate(w0, a0 + a1);
-    S::accumulate(w1, b0 + b1);
-    a0 = a1 = b0 = b1 = S::zero();
+    if constexpr (!S::wide_products) {
+      S::accumulate(w0, a0 + a1);
+      a0 = a1 = S::prod_zero();
+    }
+    if constexpr (Squares) {
+      S::accumulate(w1, b0 + b1);
+      b0 = b1 = S::zero();
+    }
     steps = 0;
   }
   void step() noexcept {
     if (++steps == kFlush / 2) flush();
   }
-
-  template <class F>
-  void add(const T* x, const T* u, Index n, F f) noexcept {
+  void add(const T* x, Index n, T c) noexcept {
     constexpr Index W = S::lanes;
+    const auto cv = S::zero() + c;
     Index i = 0;
     for (; i + 2 * W <= n; i += 2 * W) {
-      const auto t0 = f(S::load(x + i), S::load(u + i));
-      const auto t1 = f(S::load(x + i + W), S::load(u + i + W));
-      a0 += t0.first, b0 += t0.second;
-      a1 += t1.first, b1 += t1.second;
+      const auto x0 = S::load(x + i), x1 = S::load(x + i + W);
+      const auto d0 = x0 - cv, d1 = x1 - cv;
+      S::centred_add(a0, x0, cv), S::centred_add(a1, x1, cv);
+      if constexpr (Squares) b0 += d0 * d0, b1 += d1 * d1;
       step();
     }
     if (i < n) {  // at most one vector and a partial one left: to a0/b0 and a1/b1
       if (i + W <= n) {
-        const auto t0 = f(S::load(x + i), S::load(u + i));
-        a0 += t0.first, b0 += t0.second;
+        const auto x0 = S::load(x + i);
+        const auto d0 = x0 - cv;
+        S::centred_add(a0, x0, cv);
+        if constexpr (Squares) b0 += d0 * d0;
         i += W;
       }
       if (i < n) {
         const int r = static_cast<int>(n - i);
-        const auto t1 = f(S::load_n(x + i, r), S::load_n(u + i, r));
-        a1 += S::keep_n(t1.first, r), b1 += S::keep_n(t1.second, r);
+        const auto x1 = S::load_n(x + i, r), c1 = S::keep_n(cv, r);  // zero lanes: 0 - 0
+        const auto d1 = x1 - c1;
+        S::centred_add(a1, x1, c1);
+        if constexpr (Squares) b1 += d1 * d1;
+      }
+      step();
+    }
+  }
+  A first() noexcept {
+    flush();
+    if constexpr (S::wide_products) {
+      typename S::wide w = a0;
+      S::add(w, a1);
+      return simd::hsum<T>(w);
+    } else {
+      return simd::hsum<T>(w0);
+    }
+  }
+  A second() noexcept {
+    flush();
+    return simd::hsum<T>(w1);
+  }
+};
+
+/// sum (x - s) over spans (Scalar twin: for (i) s1 += x[i] - s), in Simd::prod as
+/// MomentSpanSum's first sum.
+template <class T>
+struct CentredSpanSum {
+  using A = accum_t<T>;
+  MomentSpanSum<T, false> m;
+  void add(const T* x, Index n, T s) noexcept { m.add(x, n, s); }
+  A result() noexcept { return m.first(); }
+};
+
+/// The two gradient sums over spans (row path, wide rows; Scalar twin:
+///   for (i) s0 += dy[i], s1 += dy[i] * (x[i] - h)),
+/// sum dy in T partial sums flushed to A as SpanSum does, sum dy * (x - h) in Simd::prod: for
+/// float in double from the first term (x - h and the products exact: its only error is the
+/// double additions, so a channel whose dweight nearly cancels keeps the float accuracy bar),
+/// for double in T.
+/// Accumulators carry over between spans.
+template <class T>
+struct GradSpanSum {
+  using S = simd::Simd<T>;
+  using A = accum_t<T>;
+  using P = typename S::prod;
+  typename S::vec a0, a1;
+  P b0, b1;
+  int steps = 0;
+  typename S::wide w0{}, w1{};
+
+  // Written out (not defaulted) so that it is compiled in this copy's target region.
+  GradSpanSum() noexcept : a0(S::zero()), a1(S::zero()), b0(S::prod_zero()), b1(S::prod_zero()) {}
+
+  void flush() noexcept {
+    S::accumulate(w0, a0 + a1);
+    a0 = a1 = S::zero();
+    if constexpr (!S::wide_products) {
+      S::accumulate(w1, b0 + b1);
+      b0 = b1 = S::prod_zero();
+    }
+    steps = 0;
+  }
+  void step() noexcept {
+    if (++steps == kFlush / 2) flush();
+  }
+  void add(const T* x, const T* dy, Index n, T h) noexcept {
+    constexpr Index W = S::lanes;
+    const auto hv = S::zero() + h;
+    Index i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+      const auto d0 = S::load(dy + i), d1 = S::load(dy + i + W);
+      a0 += d0, a1 += d1;
+      S::prod_add(b0, d0, S::load(x + i), hv);
+      S::prod_add(b1, d1, S::load(x + i + W), hv);
+      step();
+    }
+    if (i < n) {  // at most one vector and a partial one left: to a0/b0 and a1/b1
+      if (i + W <= n) {
+        const auto d0 = S::load(dy + i);
+        a0 += d0;
+        S::prod_add(b0, d0, S::load(x + i), hv);
+        i += W;
+      }
+      if (i < n) {
+        const int r = static_cast<int>(n - i);
+        const auto d1 = S::load_n(dy + i, r);
+        a1 += d1;
+        S::prod_add(b1, d1, S::load_n(x + i, r), S::keep_n(hv, r));  // zero lanes: 0 * (0 - 0)
       }
       step();
     }
@@ -118,7 +210,13 @@ struct DualSpanSum {
   /// Moves everything summed so far into (into0, into1), in A, and starts again from zero.
   void drain(typename S::wide& into0, typename S::wide& into1) noexcept {
     flush();
-    S::add(into0, w0), S::add(into1, w1);
+    S::add(into0, w0);
+    if constexpr (S::wide_products) {
+      S::prod_flush(into1, b0), S::prod_flush(into1, b1);
+      b0 = b1 = S::prod_zero();
+    } else {
+      S::add(into1, w1);
+    }
     w0 = w1 = typename S::wide{};
   }
   A first() noexcept {
@@ -127,10 +225,15 @@ struct DualSpanSum {
   }
   A second() noexcept {
     flush();
-    return simd::hsum<T>(w1);
+    if constexpr (S::wide_products) {
+      typename S::wide w = b0;
+      S::add(w, b1);
+      return simd::hsum<T>(w);
+    } else {
+      return simd::hsum<T>(w1);
+    }
   }
 };
-
 
 /// The nl lanes of a narrow tile (at most kNarrowVectors vectors) as NV vectors, the last one
 /// partial when nl is not a multiple of the vector width: loads and stores of vector j of a row.
@@ -152,6 +255,20 @@ struct NarrowLanes {
   using A = accum_t<T>;
   /// out[l] += t's lane l, in A, for the lanes (the flush of partial sums in T).
   void flush(const typename S::vec* t, accum_t<T>* out) const noexcept;
+  /// The same for sums of products (Simd::prod).
+  void flush_prod(const typename S::prod* t, accum_t<T>* out) const noexcept {
+    if constexpr (!S::wide_products) {
+      flush(t, out);
+    } else {
+      for (int j = 0; j < NV; ++j) {
+        alignas(64) A lanes[W];
+        S::prod_lanes(t[j], lanes);
+        const int n = j < NV - 1 ? static_cast<int>(W) : last;
+        for (int l = 0; l < W; ++l)  // a fixed trip count: n lanes of the W
+          if (l < n) out[j * W + l] += lanes[l];
+      }
+    }
+  }
 };
 
 /// Calls f(std::integral_constant<int, NV>{}) for NV = the vectors of nl lanes, if there are at
@@ -221,6 +338,7 @@ struct RegisterSums {
   typename S::wide w[NV] = {};
 
   void load(const A* s, Index nl) noexcept {
+    BATCHNORM_ASSERT(nl <= NV * W, "the lanes fit the registers");
     alignas(64) A lanes[NV * W] = {};
     std::copy(s, s + nl, lanes);
     for (int j = 0; j < NV; ++j) std::memcpy(&w[j], lanes + j * W, sizeof w[j]);
@@ -228,7 +346,11 @@ struct RegisterSums {
   void add(const typename S::vec* t) noexcept {
     for (int j = 0; j < NV; ++j) S::accumulate(w[j], t[j]);
   }
+  void add_prod(const typename S::prod* t) noexcept {
+    for (int j = 0; j < NV; ++j) S::prod_flush(w[j], t[j]);
+  }
   void store(A* s, Index nl) const noexcept {
+    BATCHNORM_ASSERT(nl <= NV * W, "the lanes fit the registers");
     alignas(64) A lanes[NV * W];
     for (int j = 0; j < NV; ++j) S::lanes_of(w[j], lanes + j * W);
     std::copy(lanes, lanes + nl, s);

@@ -44,7 +44,7 @@ void wide_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
 }
 
 /// Wide rows: the gradient sums of channels [c0, c0 + nc) (see group_grad_sums): chunks of
-/// channels, blocks read along the rows, one DualSpanSum a span drained into the channel's A
+/// channels, blocks read along the rows, one GradSpanSum a span drained into the channel's A
 /// accumulators (the same order of additions for any partition); after(o0, rows, k0, nk) once a
 /// block of a chunk is summed.
 template <class T, class A, class CoefOf, class After>
@@ -56,16 +56,15 @@ void wide_grad_sums(const T* x, const T* dy, const View& v, Index c0, Index nc, 
   T head[kWideChannels];
   typename S::wide acc0[kWideChannels], acc1[kWideChannels];
   for_each_chunk_block<T>(v, c0, nc, [&](Index o0, Index rows, Index k0, Index nk) {
+    BATCHNORM_ASSERT(nk <= kWideChannels, "a chunk fits the per-channel arrays");
     if (o0 == 0)  // a new chunk of channels
       for (Index k = 0; k < nk; ++k) head[k] = coef_of(k0 + k).head, acc0[k] = acc1[k] = typename S::wide{};
     for (Index r = o0; r < o0 + rows; ++r) {
       for (Index k = 0; k < nk; ++k) {
         const Index off = (r * C + k0 + k) * I;
         const T h = head[k];
-        DualSpanSum<T> span;
-        span.add(x + off, dy + off, I, [h](auto xv, auto dyv) {
-          return typename DualSpanSum<T>::template Pair<decltype(dyv)>{dyv, dyv * (xv - h)};
-        });
+        GradSpanSum<T> span;
+        span.add(x + off, dy + off, I, h);
         span.drain(acc0[k], acc1[k]);
       }
     }
