@@ -219,7 +219,7 @@ TEMPLATE_TEST_CASE("RowMajor, ColMajor and channels-last give the same results",
   }
 }
 
-TEMPLATE_TEST_CASE("BatchNorm1d (N, C), (N, C, L), (N, L, C) and BatchNorm3d against the long double reference",
+TEMPLATE_TEST_CASE("BatchNorm1d (N, C), (N, C, L), (N, L, C) and BatchNorm3d against the double-double reference",
                    "[module][naive]", float, double) {
   using T = TestType;
   using batchnorm::functional::View;
@@ -470,8 +470,19 @@ TEST_CASE("combine merges (count, mean, M2) as Chan et al. and adds sums", "[mod
 // ---------------------------------------------------------------------------------------------
 // No allocation in forward(x, y) and backward(x, dy, dx): a counting global operator new.
 // Not in sanitizer builds: AddressSanitizer replaces operator new itself and would report our
-// malloc/free pair as a mismatch with its own.
+// malloc/free pair as a mismatch with its own. Valgrind replaces it too, unless run with
+// --soname-synonyms=somalloc=nouserintercepts (as .ci/run's valgrind leg is); if it does, the
+// test sees that its counter misses a known allocation and says so with a WARN, unchecked.
+// no_malloc_test.cpp checks the same calls with Eigen's EIGEN_RUNTIME_NO_MALLOC, which works
+// under valgrind as well.
 #if !defined(__SANITIZE_ADDRESS__)
+
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define BATCHNORM_TEST_RUNNING_ON_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#else
+#define BATCHNORM_TEST_RUNNING_ON_VALGRIND() false
+#endif
 
 namespace {
 std::size_t g_allocations = 0;
@@ -483,13 +494,27 @@ bool g_counting = false;
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
-void* operator new(std::size_t size) {
+// Never inlined: valgrind redirects calls to these functions (to its own operator new and
+// delete, unless told not to); an inlined delete calling free() directly on a block from
+// valgrind's operator new is a "Mismatched free() / delete" error.
+#if defined(__GNUC__)
+#define BATCHNORM_TEST_NOINLINE __attribute__((noinline))
+#else
+#define BATCHNORM_TEST_NOINLINE
+#endif
+BATCHNORM_TEST_NOINLINE void* operator new(std::size_t size) {
   if (g_counting) ++g_allocations;
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+BATCHNORM_TEST_NOINLINE void operator delete(void* p) noexcept { std::free(p); }
+BATCHNORM_TEST_NOINLINE void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+// The nothrow pair too (Catch2 uses it): libstdc++'s would be valgrind's, freed by ours above.
+BATCHNORM_TEST_NOINLINE void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
+  if (g_counting) ++g_allocations;
+  return std::malloc(size == 0 ? 1 : size);
+}
+BATCHNORM_TEST_NOINLINE void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -507,6 +532,14 @@ std::size_t allocations_in(F f) {
 
 TEMPLATE_TEST_CASE("forward(x, y) and backward(x, dy, dx) allocate nothing", "[module][alloc]", float, double) {
   using T = TestType;
+  // The counter does count: building a module allocates its O(C) state.
+  const std::size_t control = allocations_in([] { BatchNorm2d<T> d(BatchNormOptions(16)); });
+  if (control == 0 && BATCHNORM_TEST_RUNNING_ON_VALGRIND()) {
+    WARN("NOT CHECKED: valgrind replaced the counting operator new (run valgrind with "
+         "--soname-synonyms=somalloc=nouserintercepts to count); no_malloc_test.cpp still checks Eigen's allocations");
+    return;
+  }
+  REQUIRE(control >= 1);
   // Shapes of both traversal paths, large enough to use threads when built with OpenMP.
   const auto x2 = random_tensor<T, 4>({4, 16, 40, 40}, 1.0, 2.0, 101);   // long rows
   const auto x3 = random_tensor<T, 4>({64, 40, 6, 6}, 1.0, 2.0, 102);    // short rows
@@ -532,7 +565,5 @@ TEMPLATE_TEST_CASE("forward(x, y) and backward(x, dy, dx) allocate nothing", "[m
   batchnorm::SingleProcess single;
   BatchNorm2d<T> s(BatchNormOptions(16), single);
   run(s, x2);
-  // The counter does count: building a module allocates its O(C) state.
-  CHECK(allocations_in([] { BatchNorm2d<T> d(BatchNormOptions(16)); }) >= 1);
 }
 #endif  // !__SANITIZE_ADDRESS__

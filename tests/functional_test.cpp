@@ -1,4 +1,4 @@
-// batchnorm::functional: hand-checkable values, agreement with a long double reference on both
+// batchnorm::functional: hand-checkable values, agreement with a double-double reference on both
 // traversal paths and SIMD tails, numerical stress, properties, gradient checks, merging
 // micro-batch statistics, and argument checks.
 #include <catch2/catch.hpp>
@@ -95,7 +95,7 @@ TEMPLATE_TEST_CASE("running statistics update, hand-checked", "[functional][runn
 // Shapes that cover both traversal paths (row: inner >= 32 or outer == 1; lane: short rows),
 // SIMD tails around the 16 partial sums / vector widths, lane tiles (256 lanes) split across
 // channels, and misaligned base pointers.
-TEMPLATE_TEST_CASE("forward and backward agree with a long double reference on every path", "[functional][naive]", float,
+TEMPLATE_TEST_CASE("forward and backward agree with a double-double reference on every path", "[functional][naive]", float,
                    double) {
   using T = TestType;
   const std::vector<View> views{
@@ -165,16 +165,19 @@ TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misal
   // with a narrower last strip for {5000, 70, 8}).
   for (const View v : {View{40, 8, 9000}, View{150, 90, 196}, View{9000, 9, 33}, View{45000, 60, 1},
                        View{85000, 32, 1}, View{11000, 256, 1}, View{5000, 70, 8}}) {
+    // Inputs and reference once per view (they do not depend on the placement): the reference
+    // is the slow part, under valgrind especially.
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto C = static_cast<std::size_t>(v.channels);
+    const auto xv = normal_values<T>(n, -2.0, 3.0, 301);
+    const auto dyv = normal_values<T>(n, 0.5, 1.0, 302);
+    const auto w = normal_values<T>(C, 1.0, 0.3, 303);
+    const auto b = normal_values<T>(C, 0.0, 0.3, 304);
+    const auto ref = naive_batch_norm(xv, dyv, v, true, w, b, 1e-3);
     for (const std::size_t misalign : {0u, 3u}) {
       for (const bool in_place : {false, true}) {
         INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << "), misalign " << misalign
                             << (in_place ? ", in place" : ""));
-        const auto n = static_cast<std::size_t>(v.size());
-        const auto C = static_cast<std::size_t>(v.channels);
-        const auto xv = normal_values<T>(n, -2.0, 3.0, 301);
-        const auto dyv = normal_values<T>(n, 0.5, 1.0, 302);
-        const auto w = normal_values<T>(C, 1.0, 0.3, 303);
-        const auto b = normal_values<T>(C, 0.0, 0.3, 304);
         Buffer<T> x(n, misalign), dy(n, misalign + 1), y(n, misalign), dx(n, misalign + 1);
         std::copy(xv.begin(), xv.end(), x.data);
         std::copy(dyv.begin(), dyv.end(), dy.data);
@@ -182,7 +185,6 @@ TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misal
         std::vector<T> dw(C), db(C);
         T* const yp = in_place ? x.data : y.data;
         T* const dxp = in_place ? dy.data : dx.data;
-        const auto ref = naive_batch_norm(xv, dyv, v, true, w, b, 1e-3);
         F::forward_training(x.data, v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, 1e-3,
                             yp, mean.data(), invstd.data());
         CHECK(worst_rel_err(std::vector<T>(yp, yp + n), ref.y) <= naive_tol<T>());
@@ -206,11 +208,10 @@ TEMPLATE_TEST_CASE("ordered data: a step, a trend and a late outlier give exact 
   // Channel 0 steps from about 0 to about 1e3 halfway, channel 1 rises linearly, channel 2 is
   // constant but for its last value: later chunks have means far from the mean of the values
   // before them (the kernels' one-pass chunk sums about that mean decline such chunks and
-  // two-pass them), and the statistics must still be those of the long double reference.
+  // two-pass them), and the statistics must still be those of the double-double reference.
   for (const View v : {View{4, 3, 6000}, View{64, 3, 40}, View{3000, 3, 1}, View{1, 3, 9000}}) {
     INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << ")");
     const auto n = static_cast<std::size_t>(v.size());
-    using Index = F::Index;
     const Index m = v.count();
     const auto noise = normal_values<T>(n, 0.0, 1.0, 401);
     std::vector<T> x(n);
@@ -244,7 +245,7 @@ TEMPLATE_TEST_CASE("large mean, small spread: 1e4 + N(0, 0.1)", "[functional][st
     const auto x = normal_values<T>(n, 1e4, 0.1, 7);
     const auto dy = normal_values<T>(n, 0.0, 1.0, 8);
     std::vector<T> y(n), dx(n), dw(3), db(3);
-    const std::vector<T> w{1.5, 0.5, 1}, b{0.1, -0.2, 0};
+    const std::vector<T> w{T(1.5), T(0.5), T(1)}, b{T(0.1), T(-0.2), T(0)};
     std::vector<Acc<T>> mean(3), invstd(3), var(3);
     F::batch_stats(x.data(), v, mean.data(), var.data());
     F::forward_training(x.data(), v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, 1e-5,

@@ -57,7 +57,7 @@ template <class Tensor>
 Tensor batch_slice(const Tensor& t, Eigen::Index n0, Eigen::Index n) {
   constexpr int R = Tensor::NumDimensions;
   Eigen::array<Eigen::Index, R> offsets{}, extents;
-  for (int a = 0; a < R; ++a) extents[static_cast<std::size_t>(a)] = t.dimension(a);
+  for (std::size_t a = 0; a < static_cast<std::size_t>(R); ++a) extents[a] = t.dimensions()[a];
   offsets[0] = n0;
   extents[0] = n;
   Tensor out = t.slice(offsets, extents);

@@ -36,7 +36,7 @@ template <class TensorT>
 std::vector<double> to_row_major(const TensorT& t) {
   constexpr int R = TensorT::NumDimensions;
   Eigen::array<Eigen::Index, R> dims;
-  for (int a = 0; a < R; ++a) dims[static_cast<std::size_t>(a)] = t.dimension(a);
+  for (std::size_t a = 0; a < static_cast<std::size_t>(R); ++a) dims[a] = t.dimensions()[a];
   std::vector<double> out(static_cast<std::size_t>(t.size()));
   for (std::int64_t k = 0; k < static_cast<std::int64_t>(out.size()); ++k)
     out[static_cast<std::size_t>(k)] = static_cast<double>(t(unravel_row_major<R>(k, dims)));

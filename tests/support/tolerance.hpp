@@ -19,7 +19,7 @@ inline constexpr double kFloatPartialSumTol = 8.0 / (1 << 24);
 /// Gradient check by central differences in double: relative error bound.
 inline constexpr double kGradCheckTol = 1e-6;
 
-/// Agreement with a long double reference for random data of moderate size, per scalar type.
+/// Agreement with the double-double reference (support/naive.hpp) for random data of moderate size, per scalar type.
 template <class T>
 constexpr double naive_tol() {
   return sizeof(T) == sizeof(float) ? 1e-5 : 1e-11;

@@ -53,7 +53,10 @@ struct Shape {
   static Shape of(const X& x) {
     Shape s;
     s.rank = tensor_rank_v<X>;
-    for (int k = 0; k < s.rank; ++k) s.dims[static_cast<std::size_t>(k)] = static_cast<std::int64_t>(x.dimension(k));
+    // dimensions()[k], not dimension(k): Tensor::dimension takes std::size_t, TensorMap::dimension
+    // takes Index, so one index type would be a sign conversion (-Wsign-conversion) for the other.
+    for (std::size_t k = 0; k < static_cast<std::size_t>(s.rank); ++k)
+      s.dims[k] = static_cast<std::int64_t>(x.dimensions()[k]);
     return s;
   }
   const std::int64_t* begin() const noexcept { return dims.data(); }
