@@ -34,6 +34,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+mkdir -p "$root/build"
 cmake -S "$root" -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DBATCHNORM_FUZZ=ON -DBATCHNORM_BUILD_EXAMPLES=OFF \
   -DBATCHNORM_FUZZ_SECONDS="${BATCHNORM_FUZZ_SECONDS:-60}" > "$build.configure.log" 2>&1 ||

@@ -18,7 +18,7 @@ void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) no
 template <class T, int NV, class F>
 void narrow_lane_sums(const T* x, Index stride, Index rows, Index nl, const T* a, accum_t<T>* out, F f) noexcept {
   const NarrowLanes<T, NV> L(nl);
-  typename simd::Simd<T>::vec t[NV];
+  typename simd::Simd<T>::vec t[extent(NV)];
   RegisterSums<T, NV> w;
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
     strip_sums(x, stride, r0, std::min(rows, r0 + kFlush), L, a, t, f);
@@ -66,8 +66,8 @@ void lane_centred_sums(const T* x, Index stride, Index rows, Index nl, const T* 
     for (Index l = 0; l < nl; ++l) out[l] = 0;
     for_each_strip<T, kNarrowVectors>(nl, [&](Index l0, const auto& L) {
       constexpr int NV = std::decay_t<decltype(L)>::vectors;
-      typename S::prod t[NV];
-      typename S::vec s[NV];
+      typename S::prod t[extent(NV)];
+      typename S::vec s[extent(NV)];
       for (int j = 0; j < NV; ++j) t[j] = S::prod_zero(), s[j] = L.load(a + l0, j);
       for (Index r = 0; r < rows; ++r)
         for (int j = 0; j < NV; ++j) S::centred_add(t[j], L.load(x + r * stride + l0, j), s[j]);
@@ -184,7 +184,7 @@ inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Ind
       for (int j = 0; j < NV; ++j)
         S::prod_add(t1[j], L.load(dy + r * stride, j), L.load(x + r * stride, j), L.load(head, j));
   } else {
-    typename S::vec h[NV];
+    typename S::vec h[extent(NV)];
     for (int j = 0; j < NV; ++j) h[j] = L.load(head, j);
     for (Index r = r0; r < r1; ++r)
       for (int j = 0; j < NV; ++j) {
@@ -210,8 +210,8 @@ inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Inde
   const auto strip = [&](auto sweeps) {
     return [&](Index l0, const auto& L) {
       constexpr int NV = std::decay_t<decltype(L)>::vectors;
-      typename S::vec t0[NV];
-      typename S::prod t1[NV];
+      typename S::vec t0[extent(NV)];
+      typename S::prod t1[extent(NV)];
       strip_grad_sums<decltype(sweeps)::value>(x + l0, dy + l0, stride, r0, r1, L, head + l0, t0, t1);
       L.flush(t0, out0 + l0);
       L.flush_prod(t1, out1 + l0);
@@ -229,8 +229,8 @@ template <class T, int NV>
 void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index nl, const T* head,
                        accum_t<T>* s0, accum_t<T>* s1) noexcept {
   const NarrowLanes<T, NV> L(nl);
-  typename simd::Simd<T>::vec t0[NV];
-  typename simd::Simd<T>::prod t1[NV];
+  typename simd::Simd<T>::vec t0[extent(NV)];
+  typename simd::Simd<T>::prod t1[extent(NV)];
   RegisterSums<T, NV> w0, w1;
   w0.load(s0, nl), w1.load(s1, nl);
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {

@@ -9,6 +9,10 @@
 // intrinsics only where the generic form is slower (masked loads and stores of AVX-512,
 // non-temporal stores). Other compilers: "vectors" of one lane, the scalar twin of every loop.
 
+/// An array extent from a signed count (array bounds are size_t; a signed template constant in
+/// a bound would warn under -Wsign-conversion).
+constexpr std::size_t extent(Index n) noexcept { return static_cast<std::size_t>(n); }
+
 namespace simd {
 
 #if defined(__GNUC__)
@@ -23,7 +27,7 @@ struct Simd {
   typedef T part __attribute__((vector_size(kBytes / (sizeof(A) / sizeof(T)))));
   typedef A avec __attribute__((vector_size(kBytes)));
   struct wide {
-    avec p[parts];
+    avec p[extent(parts)];
   };
   /// AVX-512 has masked loads and stores; the narrower copies copy partial vectors through memory.
   static constexpr bool masked = BATCHNORM_X86 && kBytes == 64;

@@ -59,7 +59,7 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
   const NarrowLanes<T, NV> L(nl);
-  typename S::vec c[5][NV];
+  typename S::vec c[5][extent(NV)];
   for (int m = 0; m < 5; ++m)
     for (int j = 0; j < NV; ++j) c[m][j] = L.load(k.k[m], j);
   const bool nt_stores = W > 1 && stream && stride % W == 0 && simd::stream_aligned(out);
@@ -156,7 +156,7 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
     return;
   }
   constexpr Index W = simd::Simd<T>::lanes;
-  alignas(64) T k[5][kLanes + W];
+  alignas(64) T k[5][extent(kLanes + W)];
   const Index nl = nt * I;
   BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
   for (Index j = 0; j < nt; ++j) {

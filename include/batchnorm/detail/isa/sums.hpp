@@ -261,7 +261,7 @@ struct NarrowLanes {
       flush(t, out);
     } else {
       for (int j = 0; j < NV; ++j) {
-        alignas(64) A lanes[W];
+        alignas(64) A lanes[extent(W)];
         S::prod_lanes(t[j], lanes);
         const int n = j < NV - 1 ? static_cast<int>(W) : last;
         for (int l = 0; l < W; ++l)  // a fixed trip count: n lanes of the W
@@ -309,7 +309,7 @@ void NarrowLanes<T, NV>::flush(const typename S::vec* t, accum_t<T>* out) const 
   for (int j = 0; j < NV - 1; ++j) S::add_to(out + j * W, t[j]);
   A* tail = out + (NV - 1) * W;
   if (last == W) return S::add_to(tail, t[NV - 1]);
-  alignas(64) T lanes[W];
+  alignas(64) T lanes[extent(W)];
   S::store(lanes, t[NV - 1]);
   for (int l = 0; l < W; ++l)  // a fixed trip count: `last` lanes of the W
     if (l < last) tail[l] += static_cast<A>(lanes[l]);
@@ -335,11 +335,11 @@ struct RegisterSums {
   using S = simd::Simd<T>;
   using A = accum_t<T>;
   static constexpr Index W = S::lanes;
-  typename S::wide w[NV] = {};
+  typename S::wide w[extent(NV)] = {};
 
   void load(const A* s, Index nl) noexcept {
     BATCHNORM_ASSERT(nl <= NV * W, "the lanes fit the registers");
-    alignas(64) A lanes[NV * W] = {};
+    alignas(64) A lanes[extent(NV * W)] = {};
     std::copy(s, s + nl, lanes);
     for (int j = 0; j < NV; ++j) std::memcpy(&w[j], lanes + j * W, sizeof w[j]);
   }
@@ -351,7 +351,7 @@ struct RegisterSums {
   }
   void store(A* s, Index nl) const noexcept {
     BATCHNORM_ASSERT(nl <= NV * W, "the lanes fit the registers");
-    alignas(64) A lanes[NV * W];
+    alignas(64) A lanes[extent(NV * W)];
     for (int j = 0; j < NV; ++j) S::lanes_of(w[j], lanes + j * W);
     std::copy(lanes, lanes + nl, s);
   }
