@@ -115,7 +115,7 @@ void memcpy_baseline(const T* src, T* dst, std::size_t n, int threads) {
 /// STREAM triad c = a + s * b over n values, with non-temporal stores where the ISA has them
 /// (as the best memcpy), or plain ones if !stream, on `threads` threads.
 template <class T>
-void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads, bool stream = true) {
+void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads, [[maybe_unused]] bool stream = true) {
   split(n, threads, [&](std::size_t begin, std::size_t end) {
     std::size_t k = begin;
 #if defined(__AVX__)
@@ -136,7 +136,7 @@ void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads, bo
 /// out = s * x over n values with non-temporal stores where the ISA has them, or plain ones if
 /// !stream (the write pass of a forward), on `threads` threads.
 template <class T>
-void scale_baseline(const T* x, T* out, std::size_t n, int threads, bool stream = true) {
+void scale_baseline(const T* x, T* out, std::size_t n, int threads, [[maybe_unused]] bool stream = true) {
   split(n, threads, [&](std::size_t begin, std::size_t end) {
     std::size_t k = begin;
 #if defined(__AVX__)
@@ -165,14 +165,16 @@ T read_sum(const T* a, const T* b, std::size_t n, int threads) {
   split(n, threads, [&](std::size_t begin, std::size_t end) {
     vec s0{}, s1{}, s2{}, s3{};
     std::size_t k = begin;
-    const auto load = [](const T* p) {
+    // s += the w values at p. By reference, not a vector returned by value: without AVX-512 a
+    // 64-byte vector has no register to be returned in (GCC's -Wpsabi note about that ABI).
+    const auto add = [](vec& s, const T* p) {
       vec v;
       std::memcpy(&v, p, sizeof v);
-      return v;
+      s += v;
     };
     for (; k + 4 * w <= end; k += 4 * w) {
-      s0 += load(a + k), s1 += load(a + k + w), s2 += load(a + k + 2 * w), s3 += load(a + k + 3 * w);
-      if (b) s0 += load(b + k), s1 += load(b + k + w), s2 += load(b + k + 2 * w), s3 += load(b + k + 3 * w);
+      add(s0, a + k), add(s1, a + k + w), add(s2, a + k + 2 * w), add(s3, a + k + 3 * w);
+      if (b) add(s0, b + k), add(s1, b + k + w), add(s2, b + k + 2 * w), add(s3, b + k + 3 * w);
     }
     T t = 0;
     for (; k < end; ++k) t += a[k] + (b ? b[k] : T(0));
