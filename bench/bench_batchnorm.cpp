@@ -5,6 +5,7 @@
 #include <batchnorm/batchnorm.hpp>
 
 #include <cstdio>
+#include <cstring>
 
 #include "competitors.hpp"
 #include "harness.hpp"
@@ -106,6 +107,14 @@ int main(int argc, char** argv) {
                "configure with -DCMAKE_BUILD_TYPE=Release (cmake --preset release)\n");
   return 2;
 #endif
+  // --print-isa: print the kernel copy this binary runs (batchnorm::active_isa(): runtime
+  // dispatch, capped by BATCHNORM_ISA) and exit. The JSON context records it too.
+  const char* isa = batchnorm::isa_name(batchnorm::active_isa());
+  if (argc == 2 && std::strcmp(argv[1], "--print-isa") == 0) {
+    std::printf("%s\n", isa);
+    return 0;
+  }
+  benchmark::AddCustomContext("batchnorm_isa", isa);
   for (const int threads : {1, 2})
     for (const Shape& s : bench::shapes())
       for (const Layout l : {Layout::nchw, Layout::colmajor, Layout::nhwc})
