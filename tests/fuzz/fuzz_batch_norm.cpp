@@ -919,8 +919,9 @@ class Driver {
                                                                         static_cast<double>(b0), 0));
         });
       }
-      // (d) y.
-      for_values(v, c, [&](std::size_t k) {
+      // (d) y, when the channel's scale weight * invstd is finite in T: the library normalizes
+      // with it rounded to T (README "Errors": beyond T's range the outputs may be inf or NaN).
+      if (finite_t<T>(bd.invstd * wc)) for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
         const LD allow = wc * (bd.mean * bd.invstd + bd.var_rel * std::fabs(xhat));
         check_value<T>((what + ": y").c_str(), c, k, yv[k], static_cast<LD>(ref.y[k]), kTol, allow);
@@ -1066,7 +1067,11 @@ class Driver {
         check_value<T>((what + ": dbias").c_str(), c, 0, db[cu], static_cast<LD>(ref.dbias[cu]), kTol, e_sdy);
         check_value<T>((what + ": dweight").c_str(), c, 0, dw[cu], static_cast<LD>(ref.dweight[cu]), kTol, e_sdyx);
       }
-      for_values(v, c, [&](std::size_t k) {
+      // dx, when its constants (k_c, and the coefficients of x - mean and of 1) are finite in T
+      // (README "Errors").
+      const bool dx_constants_finite = finite_t<T>(k_c) && finite_t<T>(k_c * bd.invstd * s_dyx / n) &&
+                                       finite_t<T>(k_c * s_dy / n);
+      if (dx_constants_finite) for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
         LD allow = k_c * bd.var_rel * std::fabs(static_cast<LD>(dy[k]));
         if (saved_batch_stats_)

@@ -8,10 +8,36 @@ BATCHNORM_BEGIN_NAMESPACE
 namespace detail {
 
 /// Per-channel constants of the elementwise kernels; each kernel documents its formula in them.
+/// A channel whose T arithmetic could overflow where the exact result does not (float constants
+/// or deviations x - head beyond float's range) sets `exact`: the kernels then compute it in
+/// double instead, as
+///   out = ep * u + eq * (x - em) + er          (u: the second input, dy, or 0 without one)
+/// rounded once to T (detail::exact_apply).
 template <class T>
 struct Coef {
   T head = 0, tail = 0, p = 0, q = 0, r = 0;
+  bool exact = false;
+  double em = 0, ep = 0, eq = 0, er = 0;
 };
+
+/// Float channels whose values or constants reach this magnitude take the exact path: x - head
+/// stays finite in float while |head| and the spread (std * sqrt(m), m < 2^32) stay below it.
+inline constexpr double kExactMagnitude = 3.4028234663852886e38 / 65536.0;
+
+/// True if a float channel with this mean and invstd, or these constants in double, must be
+/// computed exactly (see Coef). Never for double data.
+template <class T>
+bool needs_exact(double mean, double invstd, double p, double q, double r) noexcept {
+  if constexpr (sizeof(T) == sizeof(double)) {
+    return false;
+  } else {
+    const double limit = 3.4028234663852886e38 / 2;
+    const auto big = [limit](double a) { return !(a >= -limit && a <= limit); };  // NaN: not exact
+    if (mean != mean || invstd != invstd || p != p || q != q || r != r) return false;
+    return big(p) || big(q) || big(r) || !(mean >= -kExactMagnitude && mean <= kExactMagnitude) ||
+           invstd * kExactMagnitude < 1;
+  }
+}
 
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

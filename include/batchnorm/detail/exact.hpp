@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "../view.hpp"
 #include "coef.hpp"
@@ -35,6 +36,41 @@ bool float_moments_suspect(A n, A mean, A m2) noexcept {
     if (!std::isfinite(mean) || !std::isfinite(m2)) return true;
     return m2 < n * A(0x1p-100) && std::abs(mean) < A(0x1p-38);
   }
+}
+
+/// v rounded to T; beyond T's range +-inf (a plain conversion of such a double to float is
+/// undefined behaviour). IEEE rounding sends values from max + ulp/2 on to infinity.
+template <class T, class A>
+T saturate(A v) noexcept {
+  if constexpr (sizeof(T) < sizeof(A)) {
+    constexpr A max = static_cast<A>(std::numeric_limits<T>::max());
+    constexpr A limit = max + max * static_cast<A>(std::numeric_limits<T>::epsilon()) / 4;
+    if (v >= limit) return std::numeric_limits<T>::infinity();
+    if (v <= -limit) return -std::numeric_limits<T>::infinity();
+  }
+  return static_cast<T>(v);
+}
+
+/// Channel c of an elementwise pass in double (Coef::exact): out = ep * u + eq * (x - em) + er,
+/// u = 0 when there is no second input. x, u, out index the whole view.
+template <class T>
+void exact_apply(const T* x, const T* u, T* out, const View& v, Index c, const Coef<T>& cf) noexcept {
+  for_each_value(x, v, c, [&](T xv, Index i) {
+    const double uv = u ? static_cast<double>(u[i]) : 0.0;
+    out[i] = saturate<T>(cf.ep * uv + (cf.eq * (static_cast<double>(xv) - cf.em) + cf.er));
+  });
+}
+
+/// Coefficients that make an elementwise kernel copy one of its inputs to out, so that the exact
+/// pass after it still reads the inputs when out aliases one: with a second input u (dx:
+/// dy * p + ((x - h) * q + r)) out = u if out is u, else out = x; without (y: (x - h) * p + r,
+/// or dx = dy * p with dy as the input) out = the input.
+template <class T>
+Coef<T> copying_coef(bool has_u, bool out_is_u) noexcept {
+  Coef<T> cf;
+  if (!has_u || out_is_u) cf.p = 1;
+  else cf.q = 1;
+  return cf;
 }
 
 /// Two-pass moments of channel c in A: mean = sum x / m, M2 = sum (x - mean)^2. Exact for float

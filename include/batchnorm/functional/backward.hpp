@@ -32,6 +32,7 @@ batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
   batchnorm::detail::Coef<T> cf;
   cf.head = static_cast<T>(mean);
   cf.tail = static_cast<T>(mean - static_cast<accum_t<T>>(cf.head));
+  cf.em = mean;  // the gradient sums take the tail mean - head in double from it
   return cf;
 }
 /// The constants of dx for channel c from its sums over m values (see backward_training):
@@ -52,6 +53,9 @@ struct DxCoef {
     cf.p = static_cast<T>(kc);
     cf.q = static_cast<T>(q);
     cf.r = static_cast<T>(-kc * (sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
+    const A r = -kc * (sum_dy[c] / m);
+    if (batchnorm::detail::needs_exact<T>(mean[c], invstd[c], kc, q, r))
+      cf.exact = true, cf.em = mean[c], cf.ep = kc, cf.eq = q, cf.er = r;
     return cf;
   }
   /// The same constants in A, about mean_c itself: dx = dy * p + (x - mean) * q + r.
@@ -87,8 +91,8 @@ template <class T>
 void param_grads(Index channels, const accum_t<T>* sum_dy, const accum_t<T>* sum_dy_d, const accum_t<T>* invstd,
                  T* dweight, T* dbias) noexcept {
   for (Index c = 0; c < channels; ++c) {
-    if (dbias) dbias[c] = detail_running::saturate<T>(sum_dy[c]);
-    if (dweight) dweight[c] = detail_running::saturate<T>(sum_dy_d[c] * invstd[c]);
+    if (dbias) dbias[c] = batchnorm::detail::saturate<T>(sum_dy[c]);
+    if (dweight) dweight[c] = batchnorm::detail::saturate<T>(sum_dy_d[c] * invstd[c]);
   }
 }
 
@@ -183,7 +187,9 @@ void backward_inference(const T* x, const T* dy, View v, const accum_t<T>* mean,
   // dx = dy * p with p = weight_c * invstd_c.
   const auto scale_coef = [&](Index c) {
     batchnorm::detail::Coef<T> cf;
-    cf.p = static_cast<T>(invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1)));
+    const A p = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
+    cf.p = static_cast<T>(p);
+    if (batchnorm::detail::needs_exact<T>(0, 1, p, 0, 0)) cf.exact = true, cf.eq = p;  // dx = dy * p in double
     return cf;
   };
   const auto centre = [&](Index c) { return detail_backward::centre_coef<T>(mean[c]); };

@@ -23,7 +23,8 @@ namespace detail_forward {
 /// so that (x - mean) * invstd * weight + bias = (x - head) * p + r, with the small remainder
 /// mean - head folded into r in accum_t<T>. x - head is exact when x is within a factor 2 of head
 /// (Sterbenz), so a channel with a large mean and a small spread loses nothing to cancellation;
-/// PyTorch's folded x * alpha + (bias - mean * alpha) does (x * alpha is large there).
+/// PyTorch's folded x * alpha + (bias - mean * alpha) does (x * alpha is large there). Float
+/// channels at the edge of float's range (needs_exact) are marked for the double path.
 template <class T>
 batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, const T* weight, const T* bias,
                                           Index c) noexcept {
@@ -32,7 +33,10 @@ batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, co
   const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
   cf.head = static_cast<T>(mean);
   cf.p = static_cast<T>(scale);
-  cf.r = static_cast<T>((bias ? static_cast<A>(bias[c]) : A(0)) - (mean - static_cast<A>(cf.head)) * scale);
+  const A b = bias ? static_cast<A>(bias[c]) : A(0);
+  cf.r = static_cast<T>(b - (mean - static_cast<A>(cf.head)) * scale);
+  if (batchnorm::detail::needs_exact<T>(mean, invstd, scale, 0, b))
+    cf.exact = true, cf.em = mean, cf.eq = scale, cf.er = b;  // y = (x - mean) * scale + bias in double
   return cf;
 }
 

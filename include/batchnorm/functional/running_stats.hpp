@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../detail/errors.hpp"
+#include "../detail/exact.hpp"
 #include "view.hpp"
 
 BATCHNORM_BEGIN_NAMESPACE
@@ -33,18 +34,7 @@ inline double momentum_factor(std::optional<double> momentum, std::int64_t num_b
 }
 
 namespace detail_running {
-/// v rounded to T; beyond T's range +-inf (a plain conversion of such a double to float is
-/// undefined behaviour). IEEE rounding sends values from max + ulp/2 on to infinity.
-template <class T, class A>
-T saturate(A v) noexcept {
-  if constexpr (sizeof(T) < sizeof(A)) {
-    constexpr A max = static_cast<A>(std::numeric_limits<T>::max());
-    constexpr A limit = max + max * static_cast<A>(std::numeric_limits<T>::epsilon()) / 4;
-    if (v >= limit) return std::numeric_limits<T>::infinity();
-    if (v <= -limit) return -std::numeric_limits<T>::infinity();
-  }
-  return static_cast<T>(v);
-}
+using batchnorm::detail::saturate;
 
 /// (1 - f) * old + f * batch, with f == 0 giving old and f == 1 giving batch exactly (so that an
 /// infinite old or batch value does not turn into 0 * inf = NaN), rounded once to T.

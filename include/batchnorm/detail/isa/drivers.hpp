@@ -10,6 +10,26 @@ inline void observe(const Plan& p) noexcept {
   if (plan_observer) plan_observer(p, kIsa);
 }
 
+/// group_apply, with the channels whose constants say `exact` (Coef::exact) computed in double
+/// afterwards (exact_apply): the vector pass copies the input that out aliases for them, so the
+/// exact pass reads the inputs intact.
+template <class T, bool HasU, class CoefOf, class F>
+void group_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc,
+                       CoefOf coef_of, F f) noexcept {
+  bool any = false;
+  const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
+  const auto vector_coef = [&](Index c) {
+    const Coef<T> cf = coef_of(c);
+    if (!cf.exact) return cf;
+    any = true;
+    return copy;
+  };
+  group_apply<T, HasU>(x, u, out, v, p, c0, nc, vector_coef, f);
+  if (any)
+    for (Index c = c0; c < c0 + nc; ++c)
+      if (const Coef<T> cf = coef_of(c); cf.exact) exact_apply(x, HasU ? u : nullptr, out, v, c, cf);
+}
+
 /// Mean and M2 of the channels [c0, c0 + nc) of a group into mean[0..nc), m2[0..nc), by the
 /// plan's traversal. Empty channels give mean 0, M2 0 and read nothing. Float statistics the
 /// vector sums may have got wrong (float_moments_suspect: overflow, or underflow of tiny
@@ -67,8 +87,9 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
 /// Sums over the channels of a group of dy and of dy * d, d = x - mean_c, into sum_dy[0..nc),
 /// sum_dy_d[0..nc):
 ///   sum_dy = sum dy,   sum_dy_d = sum dy * d = sum dy * (x - head_c) - tail_c * sum_dy
-/// coef_of(c) gives head_c and tail_c (a Coef<T>, mean_c = head_c + tail_c); the tail is taken
-/// out of the sum once per channel instead of once per value. after(o0, rows, t0, nt) is called
+/// coef_of(c) gives head_c and mean_c (a Coef<T>: head, em); the tail mean_c - head_c is taken
+/// out of the sum once per channel instead of once per value, in double (a float tail of a
+/// denormal mean would round to zero). after(o0, rows, t0, nt) is called
 /// once the values of rows [o0, o0 + rows) of channels [t0, t0 + nt) have been summed, while they
 /// are in cache (inference backward writes dx there: one pass over x and dy). Empty channels
 /// give zero sums. Float sums that overflowed are taken again in double (exact_grad_sums).
@@ -91,10 +112,10 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   }
   for (Index k = 0; k < nc; ++k) {
     const Coef<T> cf = coef_of(c0 + k);
-    sum_dy_d[k] -= static_cast<A>(cf.tail) * sum_dy[k];
+    sum_dy_d[k] -= (static_cast<A>(cf.em) - static_cast<A>(cf.head)) * sum_dy[k];  // the tail, in A
     if (!std::isfinite(sum_dy[k]) || !std::isfinite(sum_dy_d[k])) {
       if constexpr (sizeof(T) < sizeof(A))  // a float partial sum overflowed (or NaN/Inf input)
-        exact_grad_sums(x, dy, v, c0 + k, static_cast<A>(cf.head) + static_cast<A>(cf.tail), sum_dy[k], sum_dy_d[k]);
+        exact_grad_sums(x, dy, v, c0 + k, static_cast<A>(cf.em), sum_dy[k], sum_dy_d[k]);
     }
   }
 }
@@ -122,10 +143,10 @@ void normalize(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
   observe(p);
   if (p.segments > 1) {
     for_each_segment<T>(v, p, [&](Index, const View& sub, const Plan& sp, Index off) {
-      group_apply<T, false>(x + off, nullptr, y + off, sub, sp, 0, sub.channels, coef_of, affine_of);
+      group_apply_exact<T, false>(x + off, nullptr, y + off, sub, sp, 0, sub.channels, coef_of, affine_of);
     });
   } else {
-    for_each_group(v, p, [&](Index c0, Index nc) { group_apply<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of); });
+    for_each_group(v, p, [&](Index c0, Index nc) { group_apply_exact<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of); });
   }
   simd::stream_fence();
 }
@@ -147,7 +168,7 @@ void forward_training(const T* x, const View& v, Finish finish, CoefOf coef_of, 
   for_each_group(v, p, [&](Index c0, Index nc) {
     group_moments(x, v, p, c0, nc, mean + c0, m2 + c0);
     call_baseline(finish, c0, nc);
-    group_apply<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of);
+    group_apply_exact<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of);
   });
   simd::stream_fence();
 }
@@ -185,7 +206,7 @@ void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, I
     }
     return;
   }
-  group_apply<T, true>(x, dy, dx, v, p, c0, nc, dx_coef, dx_of);
+  group_apply_exact<T, true>(x, dy, dx, v, p, c0, nc, dx_coef, dx_of);
 }
 
 /// dx of every channel (group_dx): over the groups of the plan, or its batch segments.
@@ -239,11 +260,19 @@ void backward_inference(const T* x, const T* dy, const View& v, Centre centre, S
   // Channels [c0, c0 + nc) of the view w (at offset off of the whole, planned as wp).
   const auto pass = [&](const View& w, const Plan& wp, Index off, Index c0, Index nc, A* s0, A* s1) {
     if (sums) {
+      // Channels marked exact: copied by the vector pass, then dx = dy * p in double.
+      const auto vector_coef = [&](Index c) {
+        const Coef<T> cf = scale_coef(c);
+        return cf.exact ? copying_coef<T>(false, false) : cf;
+      };
       group_grad_sums(x + off, dy + off, w, wp, c0, nc, centre, s0, s1, [&](Index o0, Index rows, Index t0, Index nt) {
-        if (dx) region_apply<T, false>(dy + off, nullptr, dx + off, w, wp, o0, rows, t0, nt, scale_coef, scale_of);
+        if (dx) region_apply<T, false>(dy + off, nullptr, dx + off, w, wp, o0, rows, t0, nt, vector_coef, scale_of);
       });
+      if (dx)
+        for (Index c = c0; c < c0 + nc; ++c)
+          if (const Coef<T> cf = scale_coef(c); cf.exact) exact_apply(dy + off, static_cast<const T*>(nullptr), dx + off, w, c, cf);
     } else if (dx) {
-      group_apply<T, false>(dy + off, nullptr, dx + off, w, wp, c0, nc, scale_coef, scale_of);
+      group_apply_exact<T, false>(dy + off, nullptr, dx + off, w, wp, c0, nc, scale_coef, scale_of);
     }
   };
   if (p.segments > 1) {
