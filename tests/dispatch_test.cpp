@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/naive.hpp"
 #include "support/tensors.hpp"
 #include "support/tolerance.hpp"
@@ -50,15 +51,6 @@ int active_lanes() {
   int lanes = 0;
   D::with_kernels(batchnorm::active_isa(), [&](auto kernels) { lanes = decltype(kernels)::template lanes<T>; });
   return lanes;
-}
-
-template <class A, class B>
-double worst_rel_err(const std::vector<A>& got, const std::vector<B>& ref) {
-  REQUIRE(got.size() == ref.size());
-  double worst = 0;
-  for (std::size_t k = 0; k < got.size(); ++k)
-    worst = std::max(worst, rel_err(static_cast<double>(got[k]), static_cast<double>(ref[k])));
-  return worst;
 }
 
 /// Training forward and backward of the functional layer against the long double reference;

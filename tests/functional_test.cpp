@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "support/expect_throw.hpp"
+#include "support/compare.hpp"
 #include "support/naive.hpp"
 #include "support/tensors.hpp"
 #include "support/tolerance.hpp"
@@ -24,15 +25,6 @@ namespace {
 
 template <class T>
 using Acc = F::accum_t<T>;
-
-template <class A, class B>
-double worst_rel_err(const std::vector<A>& got, const std::vector<B>& ref) {
-  REQUIRE(got.size() == ref.size());
-  double worst = 0;
-  for (std::size_t k = 0; k < got.size(); ++k)
-    worst = std::max(worst, rel_err(static_cast<double>(got[k]), static_cast<double>(ref[k])));
-  return worst;
-}
 
 /// Data of a view, placed `misalign` elements past an aligned buffer start.
 template <class T>

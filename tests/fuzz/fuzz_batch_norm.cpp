@@ -455,7 +455,7 @@ void check_value(const char* what, Index c, std::size_t k, T got_t, LD ref, doub
 ///   eps_acc  relative error of a sum accumulated in double over n terms in blocks: (4 sqrt n + 16) u,
 ///            u = 2^-53, plus the sequential long double sums of the reference itself (n 2^-63)
 ///            (the reference is inexact by that much, mostly at large |mean| / std in double);
-///   eps_part float only: the partial sums in float of at most kFlush = 8 terms (detail/kernels.hpp;
+///   eps_part float only: the partial sums in float of at most kFlush = 8 terms (detail/tuning.hpp;
 ///            kFloatPartialSumTol), relative to the sum of |terms|; statistics sum x - shift with a
 ///            shift within a standard deviation of the mean, so relative to mean|x - mean| + std.
 ///   mean     eps_acc * mean|x| (the mean cannot be closer than double rounding of sums of x)

@@ -13,7 +13,7 @@ inline constexpr double kFloatTrainTol = 1e-5;
 /// The double bar on ill-conditioned data (|mean| / std ~ 1e5): the reference cases' float64 floor.
 inline constexpr double kDoubleTol = 1e-10;
 /// Float sums run in float for at most kFlush = 8 terms a lane before joining a double sum
-/// (detail/kernels.hpp): each partial is within 7 * 2^-24 of exact, relative to the sum of the
+/// (detail/tuning.hpp): each partial is within 7 * 2^-24 of exact, relative to the sum of the
 /// magnitudes of its terms. Two orders of summing the same float squares may differ by that.
 inline constexpr double kFloatPartialSumTol = 8.0 / (1 << 24);
 /// Gradient check by central differences in double: relative error bound.

@@ -9,7 +9,7 @@
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
-#include "../functional/view.hpp"
+#include "../view.hpp"
 
 BATCHNORM_BEGIN_NAMESPACE
 namespace detail {
@@ -73,7 +73,7 @@ struct Shape {
 /// Index of the channel axis.
 inline int channel_axis(int rank, bool channels_last) noexcept { return channels_last ? rank - 1 : 1; }
 
-/// The (outer, C, inner) view of a dense tensor of this shape (table in functional/view.hpp).
+/// The (outer, C, inner) view of a dense tensor of this shape (table in batchnorm/view.hpp).
 inline functional::View make_view(const Shape& s, bool row_major, bool channels_last) noexcept {
   const int ca = channel_axis(s.rank, channels_last);
   std::int64_t spatial = 1;  // product of all axes but batch (0) and channel
