@@ -77,7 +77,8 @@ class MpiCommunicator final : public Communicator {
     MPI_Type_size(*type, &bytes);
     const auto n = static_cast<std::size_t>(bytes) / sizeof(double);
     for (int k = 0; k < *len; ++k)
-      combine(static_cast<const double*>(in) + k * n, static_cast<double*>(inout) + k * n, n, op);
+      combine(static_cast<const double*>(in) + static_cast<std::size_t>(k) * n,
+              static_cast<double*>(inout) + static_cast<std::size_t>(k) * n, n, op);
   }
   static void reduce_moments(void* in, void* inout, int* len, MPI_Datatype* type) {
     reduce(in, inout, len, type, ReduceOp::moments);
