@@ -1047,11 +1047,12 @@ class Driver {
       if (!usable) continue;
       const ChannelBounds bd = bounds_of(xv, 0, v, c, mean, var, eps_, saved_batch_stats_);
       const LD wc = affine_ ? std::fabs(static_cast<LD>(saved_w_[cu])) : 1;
-      LD s_dy = 0, s_dyx = 0, max_xhat = 0;
+      LD s_dy = 0, s_dyx = 0, max_xhat = 0, max_dy = 0;
       for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
         s_dy += std::fabs(static_cast<LD>(dy[k])), s_dyx += std::fabs(dy[k] * xhat);
         max_xhat = std::max(max_xhat, std::fabs(xhat));
+        max_dy = std::max(max_dy, std::fabs(static_cast<LD>(dy[k])));
       });
       // Errors of the two sums: relative eps_sum of their |terms|, plus xhat's own error.
       const LD dxhat = bd.mean * bd.invstd + bd.var_rel * max_xhat;
@@ -1069,8 +1070,10 @@ class Driver {
       }
       // dx, when its constants (k_c, and the coefficients of x - mean and of 1) are finite in T
       // (README "Errors").
+      // The term dy * k_c is formed in T too: where it overflows, dx may be inf or NaN although
+      // the sum of the terms is in range (README "Errors").
       const bool dx_constants_finite = finite_t<T>(k_c) && finite_t<T>(k_c * bd.invstd * s_dyx / n) &&
-                                       finite_t<T>(k_c * s_dy / n);
+                                       finite_t<T>(k_c * s_dy / n) && finite_t<T>(2 * k_c * max_dy);
       if (dx_constants_finite) for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
         LD allow = k_c * bd.var_rel * std::fabs(static_cast<LD>(dy[k]));
