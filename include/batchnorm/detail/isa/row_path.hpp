@@ -106,7 +106,7 @@ void channel_moments(const T* x, const View& v, Index c, Moments<A>& acc) noexce
   acc.mean += origin;
 }
 
-/// Row path, short channels (short_channels(v): a channel is one chunk): the moments of
+/// Row path, short channels (Path::row_short: a channel is one chunk): the moments of
 /// channels [c0, c0 + nc) exactly as channel_moments gives them (its first chunk:
 /// mean = s + sum (x - s) / m with s the channel's first value, then chunk_m2), but each pass
 /// runs over every channel of the group before the next pass starts, so that the channels'
