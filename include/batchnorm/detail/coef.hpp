@@ -24,6 +24,12 @@ struct Coef {
 /// stays finite in float while |head| and the spread (std * sqrt(m), m < 2^32) stay below it.
 inline constexpr double kExactMagnitude = 3.4028234663852886e38 / 65536.0;
 
+/// Float channels whose additive constant r reaches this magnitude take the exact path. A product
+/// (x - head) * p that overflows float can only come back into range through r of the other sign
+/// and at least the excess; below this bound, the exact result is then within 2^-20 of float's
+/// maximum (it rounds to the maximum or to inf either way).
+inline constexpr double kExactOffset = 3.4028234663852886e38 / 1048576.0;
+
 /// True if a float channel with this mean and invstd, or these constants in double, must be
 /// computed exactly (see Coef). Never for double data.
 template <class T>
@@ -32,9 +38,9 @@ bool needs_exact(double mean, double invstd, double p, double q, double r) noexc
     return false;
   } else {
     const double limit = 3.4028234663852886e38 / 2;
-    const auto big = [limit](double a) { return !(a >= -limit && a <= limit); };  // NaN: not exact
+    const auto beyond = [](double a, double bound) { return !(a >= -bound && a <= bound); };  // NaN: not exact
     if (mean != mean || invstd != invstd || p != p || q != q || r != r) return false;
-    return big(p) || big(q) || big(r) || !(mean >= -kExactMagnitude && mean <= kExactMagnitude) ||
+    return beyond(p, limit) || beyond(q, limit) || beyond(r, kExactOffset) || beyond(mean, kExactMagnitude) ||
            invstd * kExactMagnitude < 1;
   }
 }
