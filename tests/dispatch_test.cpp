@@ -272,6 +272,66 @@ TEST_CASE("float statistics beyond float's range are exact: no overflow or under
   }
 }
 
+TEST_CASE("a large bias brings a float product beyond float's range back: y is finite and exact",
+          "[dispatch][range]") {
+  // x = {-3, 1, 1, 1}: mean 0, biased variance 3. weight * xhat reaches 4.3e38 (beyond float's
+  // 3.4e38) while weight * xhat + bias = 2.8e38 and -2.9e38: finite.
+  const float w = -2.5e38f, b = -1.5e38f;
+  const double eps = 1e-5, invstd = 1 / std::sqrt(3.0 + eps);
+  // The constants mark the channel for the exact path (that is what the kernels then run).
+  const auto cf = F::detail_forward::normalize_coef<float>(0.0, invstd, &w, &b, 0);
+  CHECK(cf.exact);
+  batchnorm::BatchNorm1d<float> bn(batchnorm::BatchNormOptions(1).eps(eps));
+  bn.weight()(0) = w;
+  bn.bias()(0) = b;
+  Eigen::Tensor<float, 2> x(4, 1);
+  x.setValues({{-3.0f}, {1.0f}, {1.0f}, {1.0f}});
+  const auto expect = [&](F::Index k) {
+    return static_cast<double>(x(k, 0)) * invstd * static_cast<double>(w) + static_cast<double>(b);
+  };
+  const Eigen::Tensor<float, 2> y = bn.forward(x);
+  bn.running_mean()(0) = 0;
+  bn.running_var()(0) = 3;
+  bn.eval();
+  const Eigen::Tensor<float, 2> y_eval = bn.forward(x);
+  for (F::Index k = 0; k < 4; ++k) {
+    INFO("value " << k);
+    CHECK(rel_err(y(k, 0), expect(k)) <= kFloatTrainTol);
+    CHECK(rel_err(y_eval(k, 0), expect(k)) <= kFloatTrainTol);
+  }
+}
+
+TEST_CASE("eval-mode backward in place: gradient sums taken again in double read the original dy",
+          "[dispatch][range]") {
+  // An Inf among x makes the float gradient sums of its channel non-finite, so they are taken
+  // again in double (group_grad_sums), reading dy once more; in place, dx = dy * weight * invstd
+  // must not have overwritten it by then. dbias = sum dy stays finite and exact; dweight = +inf.
+  for (const auto& dims : {Eigen::array<Eigen::Index, 4>{1, 2, 4, 1}, Eigen::array<Eigen::Index, 4>{2, 2, 4, 5},
+                           Eigen::array<Eigen::Index, 4>{3, 2, 1, 40}}) {
+    INFO("shape " << dims[0] << "x" << dims[1] << "x" << dims[2] << "x" << dims[3]);
+    batchnorm::BatchNorm2d<float> bn(batchnorm::BatchNormOptions(2));
+    bn.weight().setConstant(2.0f);
+    bn.eval();
+    Eigen::Tensor<float, 4> x(dims), dy(dims), dx(dims);
+    x.setConstant(0.5f);
+    x(0, 0, 0, 0) = std::numeric_limits<float>::infinity();
+    dy.setConstant(1.0f);
+    (void)bn.forward(x);
+    bn.backward(x, dy, dx);
+    const double n = static_cast<double>(x.size() / 2);
+    CHECK(bn.bias_grad()(0) == n);
+    CHECK(bn.bias_grad()(1) == n);
+    CHECK(std::isinf(bn.weight_grad()(0)));
+    const Eigen::Tensor<float, 1> dweight = bn.weight_grad(), dbias = bn.bias_grad();
+    bn.backward(x, dy, dy);  // in place
+    for (Eigen::Index c = 0; c < 2; ++c) {
+      CHECK(bn.bias_grad()(c) == dbias(c));
+      CHECK(bn.weight_grad()(c) == dweight(c));
+    }
+    for (Eigen::Index k = 0; k < x.size(); ++k) CHECK(dy.data()[k] == dx.data()[k]);
+  }
+}
+
 TEST_CASE("a running statistic that overflows float becomes inf, never NaN", "[dispatch][range]") {
   for (const double momentum : {1.0, 0.5, 0.1}) {
     INFO("momentum " << momentum);

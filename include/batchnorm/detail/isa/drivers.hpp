@@ -250,8 +250,10 @@ void backward_training(const T* x, const T* dy, const View& v, Centre centre, Pa
 
 /// Inference backward: dx = scale_of(dy) (scale_coef(c) gives p), and, with sums, the gradient
 /// sums in the same pass (dx of a region written right after it is summed, still in cache),
-/// then params(c0, nc). Segmented plans: the pass over each segment on the threads, the sums
-/// added in segment order, then params(0, C).
+/// then params(c0, nc). In place (dx == dy) the group's sums come first, then its dx: a channel
+/// whose float sums are taken again in double (group_grad_sums) reads dy once more. Segmented
+/// plans: the pass over each segment on the threads, the sums added in segment order, then
+/// params(0, C).
 template <class T, class A, class Centre, class ScaleCoef, class Params>
 void backward_inference(const T* x, const T* dy, const View& v, Centre centre, ScaleCoef scale_coef, bool sums,
                         Params params, T* dx, A* sum_dy, A* sum_dy_d) noexcept {
@@ -259,7 +261,10 @@ void backward_inference(const T* x, const T* dy, const View& v, Centre centre, S
   observe(p);
   // Channels [c0, c0 + nc) of the view w (at offset off of the whole, planned as wp).
   const auto pass = [&](const View& w, const Plan& wp, Index off, Index c0, Index nc, A* s0, A* s1) {
-    if (sums) {
+    if (sums && dx == dy) {
+      group_grad_sums(x + off, dy + off, w, wp, c0, nc, centre, s0, s1);
+      group_apply_exact<T, false>(dy + off, nullptr, dx + off, w, wp, c0, nc, scale_coef, scale_of);
+    } else if (sums) {
       // Channels marked exact: copied by the vector pass, then dx = dy * p in double.
       const auto vector_coef = [&](Index c) {
         const Coef<T> cf = scale_coef(c);
