@@ -464,6 +464,14 @@ void check_value(const char* what, Index c, std::size_t k, T got_t, LD ref, doub
 /// and the gradient sums likewise. On ordinary data these are < 1e-12 and change nothing; they
 /// matter for double data with |mean| / std > ~1e4, where the double accumulators of the design
 /// cannot do better than ~u |mean| / std.
+/// The elementwise passes run in T: y = (x - head) * p + r, dx = dy * p + (x - head) * q + r,
+/// the constants rounded to T, each product and sum rounded once (or fused). Their error is at
+/// most a few roundings of T of the terms' magnitudes, whatever the result: 4 u_T per term.
+template <class T>
+LD elementwise_rounding() {
+  return 4 * std::ldexp(1.0L, -std::numeric_limits<T>::digits);
+}
+
 struct ChannelBounds {
   LD eps_sum = 0;  // eps_acc + eps_part
   LD mean = 0;     // absolute error of the mean
@@ -921,9 +929,13 @@ class Driver {
       }
       // (d) y, when the channel's scale weight * invstd is finite in T: the library normalizes
       // with it rounded to T (README "Errors": beyond T's range the outputs may be inf or NaN).
+      // The terms weight * xhat and bias are rounded to T (kElementwise): where they cancel, y keeps
+      // that absolute error.
       if (finite_t<T>(bd.invstd * wc)) for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
-        const LD allow = wc * (bd.mean * bd.invstd + bd.var_rel * std::fabs(xhat));
+        const LD bias_c = affine_ ? std::fabs(static_cast<LD>(b[cu])) : 0;
+        const LD allow = wc * (bd.mean * bd.invstd + bd.var_rel * std::fabs(xhat)) +
+                         elementwise_rounding<T>() * (wc * std::fabs(xhat) + bias_c);
         check_value<T>((what + ": y").c_str(), c, k, yv[k], static_cast<LD>(ref.y[k]), kTol, allow);
       });
       // (d) running statistics: the exact update from the state before the call, evaluated in
@@ -1076,7 +1088,8 @@ class Driver {
                                        finite_t<T>(k_c * s_dy / n) && finite_t<T>(2 * k_c * max_dy);
       if (dx_constants_finite) for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
-        LD allow = k_c * bd.var_rel * std::fabs(static_cast<LD>(dy[k]));
+        LD allow = k_c * bd.var_rel * std::fabs(static_cast<LD>(dy[k])) +
+                   elementwise_rounding<T>() * k_c * (std::fabs(static_cast<LD>(dy[k])) + s_dy / n + std::fabs(xhat) * s_dyx / n);
         if (saved_batch_stats_)
           allow += k_c * (e_sdy / n + std::fabs(xhat) * e_sdyx / n + dxhat * std::fabs(static_cast<LD>(ref.dweight[cu])) / n +
                           bd.var_rel * (s_dy / n + std::fabs(xhat) * s_dyx / n));

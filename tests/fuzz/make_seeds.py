@@ -148,8 +148,9 @@ def seeds():
 
 
 def fixed_bugs():
-    """Reproducers of the library bugs the fuzzer found (float statistics beyond float's range,
-    tiny spreads); fixed, so they are seeds now. A reproducer of an open bug must not be a seed
+    """Reproducers of the library and oracle bugs the fuzzer found (float statistics beyond
+    float's range, tiny spreads, terms that cancel, eval backward in place); fixed, so they are
+    seeds now. A reproducer of an open bug must not be a seed
     (a seed that fails stops every smoke run at once): keep such ones in a separate folder."""
     s = {}
     n = spec(NORMAL, 1)
@@ -159,6 +160,15 @@ def fixed_bugs():
     s["float_near_max_y_nan"] = case("1d_nc", [8, 3], momentum=1.0, calls=[forward(TRAIN, spec(NEAR_MAX, 3))])
     s["float_tiny_spread_eps1e-300"] = case("1d_nc", [2, 1], eps=1e-300, calls=[
         forward(TRAIN, spec(RAW, raw=(1e-25, 0.0))), backward(n)])
+    # The fuzzer's own input (kept as found): an empty training batch, then an eval forward of
+    # 1012 channels whose weight * xhat and bias cancel (the oracle's elementwise rounding term).
+    s["float_eval_weight_bias_cancel"] = bytes.fromhex(
+        "00000000ff0c001d1d1d1d1dff0c1d1d1d1d1d1d1d1d1d1d2301000000000000007ffeffffffffffffffffffffffffff0000")
+    # The fuzzer's own input: an eval forward of values near float's maximum (an Inf in channel 0,
+    # NaN in channel 2), then backward in place (dx into dy): float gradient sums that overflow
+    # are taken again in double, which must read dy before dx overwrites it.
+    s["float_eval_backward_in_place_resum"] = bytes.fromhex(
+        "040000020304050002ffffffffffffffffffffffffffffffffffffffffff070103000100009117910000030400000100000000070200a80100000000")
     return s
 
 

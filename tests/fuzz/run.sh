@@ -3,8 +3,10 @@
 #
 #   tests/fuzz/run.sh                 configure build/fuzz with clang++-14, build the fuzz target,
 #                                     run the smoke tests: ctest -L fuzz (fuzz.smoke.sse2/avx2/avx512,
-#                                     BATCHNORM_FUZZ_SECONDS each, default 60; set it in the
-#                                     environment to change it, e.g. BATCHNORM_FUZZ_SECONDS=10)
+#                                     each BATCHNORM_FUZZ_RUNS inputs from a fixed seed, default
+#                                     6000, or BATCHNORM_FUZZ_SECONDS if sooner, default 300; set
+#                                     them in the environment to change them). The same inputs on
+#                                     every run: a regression test, not a search.
 #   tests/fuzz/run.sh --hours N       one long session instead: N hours, on build/fuzz/long/corpus
 #                                     (seeded from tests/fuzz/corpus, grows and is kept between
 #                                     sessions), BATCHNORM_ISA from the environment (default: unset,
@@ -28,8 +30,13 @@ build=$root/build/fuzz
 hours=""
 while [ $# -gt 0 ]; do
   case $1 in
-    --hours) hours=$2; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --hours)
+      hours=${2:-}
+      # libFuzzer reads -max_total_time=0 as "no limit".
+      awk "BEGIN { exit !(\"$hours\" + 0 > 0) }" ||
+        { echo "run.sh: --hours needs a positive number of hours, got '$hours'" >&2; exit 2; }
+      shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +44,7 @@ done
 mkdir -p "$root/build"
 cmake -S "$root" -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DBATCHNORM_FUZZ=ON -DBATCHNORM_BUILD_EXAMPLES=OFF \
-  -DBATCHNORM_FUZZ_SECONDS="${BATCHNORM_FUZZ_SECONDS:-60}" > "$build.configure.log" 2>&1 ||
+  -DBATCHNORM_FUZZ_RUNS="${BATCHNORM_FUZZ_RUNS:-6000}" -DBATCHNORM_FUZZ_SECONDS="${BATCHNORM_FUZZ_SECONDS:-300}" > "$build.configure.log" 2>&1 ||
   { tail -20 "$build.configure.log"; exit 1; }
 cmake --build "$build" -j2 --target fuzz_batch_norm > "$build.build.log" 2>&1 ||
   { grep -E "error|warning" "$build.build.log" | head -30; exit 1; }
