@@ -307,12 +307,22 @@ std::int64_t product(const Dims<Rank>& d) {
   return p;
 }
 
+/// The product of the dimensions with 0 counted as 1: what a loop over outer x C x inner costs
+/// (an empty tensor of shape (0, 1958, 1576, 1576) has no values but 4.9e9 (outer, c) steps).
+template <int Rank>
+std::int64_t extent_product(const Dims<Rank>& d) {
+  std::int64_t p = 1;
+  for (auto x : d) p *= std::max<std::int64_t>(x, 1);
+  return p;
+}
+
 /// Halves the largest dimension other than `keep` (the channel axis, once num_features is fixed;
-/// -1: any) until the tensor has at most kMaxValues values. A channel count is at most 2100, so
-/// the other dimensions can always make room.
+/// -1: any) until the tensor has at most kMaxValues values, empty dimensions counted as 1 (so
+/// the reference's loops stay short for empty tensors too; zeros stay zero). A channel count is
+/// at most 2100, so the other dimensions can always make room.
 template <int Rank>
 void cap_size(Dims<Rank>& d, int keep = -1) {
-  while (product<Rank>(d) > kMaxValues) {
+  while (extent_product<Rank>(d) > kMaxValues) {
     std::size_t largest = keep == 0 ? 1 : 0;
     for (std::size_t a = 0; a < static_cast<std::size_t>(Rank); ++a)
       if (static_cast<int>(a) != keep && d[a] > d[largest]) largest = a;

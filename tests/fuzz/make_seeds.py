@@ -149,7 +149,7 @@ def seeds():
 
 def fixed_bugs():
     """Reproducers of the library and oracle bugs the fuzzer found (float statistics beyond
-    float's range, tiny spreads, terms that cancel, eval backward in place); fixed, so they are
+    float's range, tiny spreads, terms that cancel, eval backward in place, an empty batch with huge extents); fixed, so they are
     seeds now. A reproducer of an open bug must not be a seed
     (a seed that fails stops every smoke run at once): keep such ones in a separate folder."""
     s = {}
@@ -169,6 +169,10 @@ def fixed_bugs():
     # are taken again in double, which must read dy before dx overwrites it.
     s["float_eval_backward_in_place_resum"] = bytes.fromhex(
         "040000020304050002ffffffffffffffffffffffffffffffffffffffffff070103000100009117910000030400000100000000070200a80100000000")
+    # The fuzzer's own input (the harness's bug, a 105 s unit): an empty ColMajor batch of shape
+    # (0, 1958, 1576, 1576, 1), whose reference loops ran 4.9e9 (outer, channel) steps; cap_size now
+    # counts empty dimensions as 1.
+    s["double_empty_batch_huge_extents"] = bytes.fromhex("eff43f00eff43fffffffffffff013b")
     return s
 
 

@@ -5,8 +5,8 @@
 #                                     run the smoke tests: ctest -L fuzz (fuzz.smoke.sse2/avx2/avx512,
 #                                     each BATCHNORM_FUZZ_RUNS inputs from a fixed seed, default
 #                                     6000, or BATCHNORM_FUZZ_SECONDS if sooner, default 300; set
-#                                     them in the environment to change them). The same inputs on
-#                                     every run: a regression test, not a search.
+#                                     them in the environment to change them). The same binary
+#                                     fuzzes the same inputs every run (smoke.cmake).
 #   tests/fuzz/run.sh --hours N       one long session instead: N hours, on build/fuzz/long/corpus
 #                                     (seeded from tests/fuzz/corpus, grows and is kept between
 #                                     sessions), BATCHNORM_ISA from the environment (default: unset,
