@@ -300,19 +300,13 @@ std::string dims_string(const Dims<Rank>& d) {
   return s + ")";
 }
 
+/// The product of the dimensions, each counted as at least `least`: with least = 1 (empty
+/// dimensions as 1), what a loop over outer x C x inner costs (an empty tensor of shape
+/// (0, 1958, 1576, 1576) has no values but 4.9e9 (outer, c) steps).
 template <int Rank>
-std::int64_t product(const Dims<Rank>& d) {
+std::int64_t product(const Dims<Rank>& d, std::int64_t least = 0) {
   std::int64_t p = 1;
-  for (auto x : d) p *= x;
-  return p;
-}
-
-/// The product of the dimensions with 0 counted as 1: what a loop over outer x C x inner costs
-/// (an empty tensor of shape (0, 1958, 1576, 1576) has no values but 4.9e9 (outer, c) steps).
-template <int Rank>
-std::int64_t extent_product(const Dims<Rank>& d) {
-  std::int64_t p = 1;
-  for (auto x : d) p *= std::max<std::int64_t>(x, 1);
+  for (auto x : d) p *= std::max(x, least);
   return p;
 }
 
@@ -322,7 +316,7 @@ std::int64_t extent_product(const Dims<Rank>& d) {
 /// at most 2100, so the other dimensions can always make room.
 template <int Rank>
 void cap_size(Dims<Rank>& d, int keep = -1) {
-  while (extent_product<Rank>(d) > kMaxValues) {
+  while (product<Rank>(d, 1) > kMaxValues) {
     std::size_t largest = keep == 0 ? 1 : 0;
     for (std::size_t a = 0; a < static_cast<std::size_t>(Rank); ++a)
       if (static_cast<int>(a) != keep && d[a] > d[largest]) largest = a;
@@ -939,8 +933,8 @@ class Driver {
       }
       // (d) y, when the channel's scale weight * invstd is finite in T: the library normalizes
       // with it rounded to T (README "Errors": beyond T's range the outputs may be inf or NaN).
-      // The terms weight * xhat and bias are rounded to T (kElementwise): where they cancel, y keeps
-      // that absolute error.
+      // The terms weight * xhat and bias are rounded to T (elementwise_rounding): where they
+      // cancel, y keeps that absolute error.
       if (finite_t<T>(bd.invstd * wc)) for_values(v, c, [&](std::size_t k) {
         const LD xhat = (static_cast<LD>(xv[k]) - mean) * bd.invstd;
         const LD bias_c = affine_ ? std::fabs(static_cast<LD>(b[cu])) : 0;

@@ -148,10 +148,10 @@ def seeds():
 
 
 def fixed_bugs():
-    """Reproducers of the library and oracle bugs the fuzzer found (float statistics beyond
-    float's range, tiny spreads, terms that cancel, eval backward in place, an empty batch with huge extents); fixed, so they are
-    seeds now. A reproducer of an open bug must not be a seed
-    (a seed that fails stops every smoke run at once): keep such ones in a separate folder."""
+    """Reproducers of the library, oracle and harness bugs the fuzzer found (float statistics
+    beyond float's range, tiny spreads, terms that cancel, eval backward in place, an empty batch
+    with huge extents); fixed, so they are seeds now. A reproducer of an open bug must not be a
+    seed (a seed that fails stops every smoke run at once): keep such ones in a separate folder."""
     s = {}
     n = spec(NORMAL, 1)
     s["float_partial_squares_overflow"] = case("1d_nc", [4, 1], calls=[

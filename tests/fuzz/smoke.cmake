@@ -3,8 +3,8 @@
 # RUNS inputs, or SECONDS if that comes first (a slow machine runs a shorter prefix of the same
 # sequence). The same binary fuzzes the same inputs on every run; another build (another source
 # path, compiler or flags) may mutate differently, as libFuzzer also draws on the binary's
-# constants. Finding new cases is the job of long sessions (run.sh --hours). Crash files land in WORK/ (crash-*,
-# leak-*, timeout-*); the test fails if the fuzzer finds anything.
+# constants. Finding new cases is the job of long sessions (run.sh --hours). Crash files land in
+# WORK/ (crash-*, leak-*, timeout-*); the test fails if the fuzzer finds anything.
 #   cmake -DFUZZER=... -DSEEDS=... -DWORK=... -DSEED=1 -DRUNS=6000 -DSECONDS=300 -P smoke.cmake
 foreach(var FUZZER SEEDS WORK SEED RUNS SECONDS)
   if(NOT DEFINED ${var})
