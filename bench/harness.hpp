@@ -1,6 +1,6 @@
 // The benchmark harness: the named shapes, layouts and operations, aligned seeded buffers, the
-// memory-bandwidth baselines, and measure(), which times a kernel and its baseline interleaved
-// in the same benchmark and reports their ratio.
+// memory-bound reference passes (copy, triad, read), and measure(), which times a kernel and
+// its baseline in the same benchmark, warm and cold, and reports their ratios.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -13,13 +13,14 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX__)
-#include <immintrin.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace bench {
@@ -47,11 +48,20 @@ inline const std::vector<Shape>& shapes() {
 /// nchw: RowMajor channels first (PyTorch's memory order). colmajor: ColMajor channels first
 /// (Eigen's default). nhwc: channels last, RowMajor (N, H, W, C); for (N, C) shapes nhwc is
 /// the same memory as nchw and is skipped.
-/// spanning: not a layout of ours, the floor benchmark of any layout whose channels span the
-/// whole tensor (nhwc, colmajor, and oneDNN's nhwc).
-enum class Layout { nchw, colmajor, nhwc, spanning };
+/// spanning and blocked are not layouts of ours but the two floor benchmarks: spanning, of any
+/// layout whose channels span the whole tensor (nhwc, colmajor, (N, C) RowMajor, oneDNN's nhwc);
+/// blocked, of layouts that hold each channel in long rows (nchw of (N, C, H, W), oneDNN's
+/// nchw and its blocked formats).
+enum class Layout { nchw, colmajor, nhwc, spanning, blocked };
 inline const char* layout_name(Layout l) {
-  return l == Layout::nchw ? "nchw" : l == Layout::colmajor ? "colmajor" : l == Layout::nhwc ? "nhwc" : "spanning";
+  switch (l) {
+    case Layout::nchw: return "nchw";
+    case Layout::colmajor: return "colmajor";
+    case Layout::nhwc: return "nhwc";
+    case Layout::spanning: return "spanning";
+    case Layout::blocked: return "blocked";
+  }
+  return "?";
 }
 
 enum class Op { forward_train, forward_eval, backward_train };
@@ -106,84 +116,111 @@ void split(std::size_t n, int threads, F f) {
 #endif
 }
 
-/// memcpy of n values (glibc picks non-temporal stores for large sizes), on `threads` threads.
-template <class T>
-void memcpy_baseline(const T* src, T* dst, std::size_t n, int threads) {
-  split(n, threads, [&](std::size_t b, std::size_t e) { std::memcpy(dst + b, src + b, (e - b) * sizeof(T)); });
-}
+// --- Memory-bound reference passes -----------------------------------------------------------
+// Each has a serial range form (begin, end), which the floors run per channel, and a parallel
+// form over [0, n) on `threads` threads. `stream`: non-temporal stores (SSE2's 16-byte ones, so
+// a default-flags build and a -march=native one time the same baseline), else plain stores.
+// Neither wins everywhere: streaming beyond the last-level cache, plain stores within it, and
+// plain ones when the output is read again soon (warm).
 
-/// STREAM triad c = a + s * b over n values, with non-temporal stores where the ISA has them
-/// (as the best memcpy), or plain ones if !stream, on `threads` threads.
+/// out[k] = s * x[k] (s = 1: a copy) for k in [begin, end).
 template <class T>
-void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads, [[maybe_unused]] bool stream = true) {
-  split(n, threads, [&](std::size_t begin, std::size_t end) {
-    std::size_t k = begin;
-#if defined(__AVX__)
-    constexpr std::size_t w = 32 / sizeof(T);
-    for (; stream && k < end && (reinterpret_cast<std::uintptr_t>(c + k) % 32) != 0; ++k) c[k] = a[k] + T(0.5) * b[k];
-    for (; stream && k + w <= end; k += w) {
+void scale_range(const T* x, T* out, std::size_t begin, std::size_t end, T s, [[maybe_unused]] bool stream) {
+  std::size_t k = begin;
+#if defined(__SSE2__)
+  if (stream) {
+    constexpr std::size_t w = 16 / sizeof(T);
+    for (; k < end && (reinterpret_cast<std::uintptr_t>(out + k) % 16) != 0; ++k) out[k] = s * x[k];
+    for (; k + w <= end; k += w) {
       if constexpr (sizeof(T) == 4)
-        _mm256_stream_ps(c + k, _mm256_add_ps(_mm256_loadu_ps(a + k), _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(b + k))));
+        _mm_stream_ps(reinterpret_cast<float*>(out + k), _mm_mul_ps(_mm_set1_ps(float(s)), _mm_loadu_ps(reinterpret_cast<const float*>(x + k))));
       else
-        _mm256_stream_pd(c + k, _mm256_add_pd(_mm256_loadu_pd(a + k), _mm256_mul_pd(_mm256_set1_pd(0.5), _mm256_loadu_pd(b + k))));
+        _mm_stream_pd(reinterpret_cast<double*>(out + k), _mm_mul_pd(_mm_set1_pd(double(s)), _mm_loadu_pd(reinterpret_cast<const double*>(x + k))));
     }
     _mm_sfence();
+  }
 #endif
-    for (; k < end; ++k) c[k] = a[k] + T(0.5) * b[k];
-  });
+  for (; k < end; ++k) out[k] = s * x[k];
 }
 
-/// out = s * x over n values with non-temporal stores where the ISA has them, or plain ones if
-/// !stream (the write pass of a forward), on `threads` threads.
+/// STREAM triad c[k] = a[k] + 0.5 * b[k] for k in [begin, end).
 template <class T>
-void scale_baseline(const T* x, T* out, std::size_t n, int threads, [[maybe_unused]] bool stream = true) {
-  split(n, threads, [&](std::size_t begin, std::size_t end) {
-    std::size_t k = begin;
-#if defined(__AVX__)
-    constexpr std::size_t w = 32 / sizeof(T);
-    for (; stream && k < end && (reinterpret_cast<std::uintptr_t>(out + k) % 32) != 0; ++k) out[k] = T(0.5) * x[k];
-    for (; stream && k + w <= end; k += w) {
+void triad_range(const T* a, const T* b, T* c, std::size_t begin, std::size_t end, [[maybe_unused]] bool stream) {
+  std::size_t k = begin;
+#if defined(__SSE2__)
+  if (stream) {
+    constexpr std::size_t w = 16 / sizeof(T);
+    for (; k < end && (reinterpret_cast<std::uintptr_t>(c + k) % 16) != 0; ++k) c[k] = a[k] + T(0.5) * b[k];
+    for (; k + w <= end; k += w) {
       if constexpr (sizeof(T) == 4)
-        _mm256_stream_ps(out + k, _mm256_mul_ps(_mm256_set1_ps(0.5f), _mm256_loadu_ps(x + k)));
+        _mm_stream_ps(reinterpret_cast<float*>(c + k),
+                      _mm_add_ps(_mm_loadu_ps(reinterpret_cast<const float*>(a + k)),
+                                 _mm_mul_ps(_mm_set1_ps(0.5f), _mm_loadu_ps(reinterpret_cast<const float*>(b + k)))));
       else
-        _mm256_stream_pd(out + k, _mm256_mul_pd(_mm256_set1_pd(0.5), _mm256_loadu_pd(x + k)));
+        _mm_stream_pd(reinterpret_cast<double*>(c + k),
+                      _mm_add_pd(_mm_loadu_pd(reinterpret_cast<const double*>(a + k)),
+                                 _mm_mul_pd(_mm_set1_pd(0.5), _mm_loadu_pd(reinterpret_cast<const double*>(b + k)))));
     }
     _mm_sfence();
+  }
 #endif
-    for (; k < end; ++k) out[k] = T(0.5) * x[k];
-  });
+  for (; k < end; ++k) c[k] = a[k] + T(0.5) * b[k];
 }
 
-/// Sum of a[k] (+ b[k] when b is given) over n values, with 4 vector accumulators (no
-/// reduction-order constraint, so it runs at the read bandwidth), on `threads` threads: the
-/// statistics pass of a training kernel reduced to its loads.
+/// Sum of a[k] (+ b[k] when b is given) for k in [begin, end), with 4 vector accumulators (no
+/// reduction-order constraint, so it runs at the read bandwidth): the statistics pass of a
+/// training kernel reduced to its loads.
 template <class T>
-T read_sum(const T* a, const T* b, std::size_t n, int threads) {
+T sum_range(const T* a, const T* b, std::size_t begin, std::size_t end) {
   typedef T vec __attribute__((vector_size(64)));
   constexpr std::size_t w = 64 / sizeof(T);
+  vec s0{}, s1{}, s2{}, s3{};
+  std::size_t k = begin;
+  // s += the w values at p. By reference, not a vector returned by value: without AVX-512 a
+  // 64-byte vector has no register to be returned in (GCC's -Wpsabi note about that ABI).
+  const auto add = [](vec& s, const T* p) {
+    vec v;
+    std::memcpy(&v, p, sizeof v);
+    s += v;
+  };
+  for (; k + 4 * w <= end; k += 4 * w) {
+    add(s0, a + k), add(s1, a + k + w), add(s2, a + k + 2 * w), add(s3, a + k + 3 * w);
+    if (b) add(s0, b + k), add(s1, b + k + w), add(s2, b + k + 2 * w), add(s3, b + k + 3 * w);
+  }
+  T t = 0;
+  for (; k < end; ++k) t += a[k] + (b ? b[k] : T(0));
+  const vec s = (s0 + s1) + (s2 + s3);
+  for (std::size_t l = 0; l < w; ++l) t += s[l];
+  return t;
+}
+
+/// A copy of n values: the baseline of forwards (an ideal forward reads x once, writes y once).
+template <class T>
+void copy_baseline(const T* src, T* dst, std::size_t n, int threads, bool stream) {
+  split(n, threads, [&](std::size_t b, std::size_t e) { scale_range(src, dst, b, e, T(1), stream); });
+}
+
+/// The STREAM triad over n values: the baseline of backward (reads x and dy, writes dx).
+template <class T>
+void triad_baseline(const T* a, const T* b, T* c, std::size_t n, int threads, bool stream) {
+  split(n, threads, [&](std::size_t begin, std::size_t end) { triad_range(a, b, c, begin, end, stream); });
+}
+
+/// out = 0.5 * x over n values: the write pass of a forward.
+template <class T>
+void scale_baseline(const T* x, T* out, std::size_t n, int threads, bool stream) {
+  split(n, threads, [&](std::size_t b, std::size_t e) { scale_range(x, out, b, e, T(0.5), stream); });
+}
+
+/// sum_range over n values on `threads` threads.
+template <class T>
+T read_sum(const T* a, const T* b, std::size_t n, int threads) {
   std::vector<T> part(static_cast<std::size_t>(threads), T(0));
   split(n, threads, [&](std::size_t begin, std::size_t end) {
-    vec s0{}, s1{}, s2{}, s3{};
-    std::size_t k = begin;
-    // s += the w values at p. By reference, not a vector returned by value: without AVX-512 a
-    // 64-byte vector has no register to be returned in (GCC's -Wpsabi note about that ABI).
-    const auto add = [](vec& s, const T* p) {
-      vec v;
-      std::memcpy(&v, p, sizeof v);
-      s += v;
-    };
-    for (; k + 4 * w <= end; k += 4 * w) {
-      add(s0, a + k), add(s1, a + k + w), add(s2, a + k + 2 * w), add(s3, a + k + 3 * w);
-      if (b) add(s0, b + k), add(s1, b + k + w), add(s2, b + k + 2 * w), add(s3, b + k + 3 * w);
-    }
-    T t = 0;
-    for (; k < end; ++k) t += a[k] + (b ? b[k] : T(0));
-    const vec s = (s0 + s1) + (s2 + s3);
-    for (std::size_t l = 0; l < w; ++l) t += s[l];
 #ifdef _OPENMP
-    part[static_cast<std::size_t>(omp_get_thread_num())] = t;
+    part[static_cast<std::size_t>(omp_get_thread_num())] = sum_range(a, b, begin, end);
 #else
-    part[0] = t;
+    part[0] = sum_range(a, b, begin, end);
 #endif
   });
   T total = 0;
@@ -197,35 +234,81 @@ inline double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-/// Times kernel() every iteration and, interleaved, the baseline over the same bytes: memcpy of
-/// n values for forwards (an ideal forward reads x once and writes y once), a triad for backward
-/// (reads x and dy once, writes dx once). Reports bytes_per_second for the ideal traffic and the
-/// counter x_memcpy / x_triad = median(kernel) / median(baseline): 1.0 is the memory limit.
+/// Times kernel() and a baseline over the same bytes (a copy of n values for forwards, the
+/// triad for backward) in two conditions, in every iteration:
+///   cold: a call right after the other one ran over different buffers of the same size (the
+///         kernel after the baseline, the baseline after the kernel), so a tensor larger than
+///         the L2 cache comes from the last-level cache or memory, as in a network whose layer
+///         input was written long ago;
+///   warm: a second call right after the first, on the same buffers (back to back), as in a
+///         network where x was just written by the previous layer.
+/// The baseline alternates non-temporal and plain stores between iterations and counts the
+/// faster of the two per condition ("best of plain and non-temporal stores"). A kernel that
+/// takes a bool (the floors) gets the same alternation and the same best-of.
+/// Counters, each condition c in {warm, cold}: ms_c, the kernel's median time; baseline_ms_c,
+/// the baseline's; x_copy_c (forwards) or x_triad_c (backward) = ms_c / baseline_ms_c (1.0: the
+/// memory limit, below 1: the data fits in cache). Google Benchmark's own time is the warm
+/// kernel call.
 template <class T, class Kernel>
 void measure(benchmark::State& state, Op op, std::size_t n, int threads, Kernel kernel) {
   using Clock = std::chrono::steady_clock;
+  constexpr bool variants = std::is_invocable_v<Kernel&, bool>;
   set_threads(threads);
   const bool triad = op == Op::backward_train;
   Buffer<T> a(n, 101), b(n, 102), c(n, 103);
-  kernel();  // warm up
-  std::vector<double> ours, base;
-  for (auto _ : state) {
+  bool stream = false;
+  const auto run_kernel = [&] {
+    if constexpr (variants) kernel(stream);
+    else kernel();
+    benchmark::ClobberMemory();
+  };
+  const auto run_baseline = [&] {
+    if (triad) triad_baseline(a.data(), b.data(), c.data(), n, threads, stream);
+    else copy_baseline(a.data(), c.data(), n, threads, stream);
+    benchmark::ClobberMemory();
+  };
+  const auto timed = [](auto&& f) {
     const auto t0 = Clock::now();
-    kernel();
-    benchmark::ClobberMemory();
-    ours.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    f();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  // [stream][warm]: the kernel's and the baseline's times
+  std::vector<double> ours[2][2], base[2][2];
+  run_kernel();  // warm up (page faults, first-use dispatch)
+  run_baseline();
+  for (auto _ : state) {
     state.PauseTiming();
-    const auto t1 = Clock::now();
-    if (triad) triad_baseline(a.data(), b.data(), c.data(), n, threads);
-    else memcpy_baseline(a.data(), c.data(), n, threads);
-    benchmark::ClobberMemory();
-    base.push_back(std::chrono::duration<double>(Clock::now() - t1).count());
+    ours[stream][0].push_back(timed(run_kernel));
+    state.ResumeTiming();
+    ours[stream][1].push_back(timed(run_kernel));
+    state.PauseTiming();
+    base[stream][0].push_back(timed(run_baseline));
+    base[stream][1].push_back(timed(run_baseline));
+    stream = !stream;
     state.ResumeTiming();
   }
+  const auto best = [](std::vector<double>(&t)[2][2], int warm) {
+    const double plain = median(t[0][warm]), nt = median(t[1][warm]);
+    return t[1][warm].empty() ? plain : t[0][warm].empty() ? nt : std::min(plain, nt);
+  };
   const std::size_t bytes = (triad ? 3 : 2) * n * sizeof(T);
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes));
-  state.counters[triad ? "x_triad" : "x_memcpy"] = median(ours) / median(base);
-  state.counters["baseline_ms"] = median(base) * 1e3;
+  for (const int warm : {1, 0}) {
+    const std::string c_name = warm ? "warm" : "cold";
+    // A kernel without variants ran in both halves: its median over all of them.
+    std::vector<double> all = ours[0][warm];
+    all.insert(all.end(), ours[1][warm].begin(), ours[1][warm].end());
+    const double kernel_s = variants ? best(ours, warm) : median(all), base_s = best(base, warm);
+    state.counters["ms_" + c_name] = kernel_s * 1e3;
+    state.counters["baseline_ms_" + c_name] = base_s * 1e3;
+    state.counters[std::string(triad ? "x_triad_" : "x_copy_") + c_name] = kernel_s / base_s;
+  }
+  if constexpr (variants) {
+    const auto stores = [&](int warm) {
+      return median(ours[1][warm]) < median(ours[0][warm]) ? "non-temporal" : "plain";
+    };
+    state.SetLabel(std::string("warm: ") + stores(1) + " stores, cold: " + stores(0) + " stores");
+  }
 }
 
 }  // namespace bench

@@ -6,10 +6,10 @@ Standard library only; the chart is drawn by gnuplot (pngcairo, else png) when i
   report.py --json results.json [--meta meta.txt] [--out-dir DIR] [--run "how it was run"]
 
 Benchmark names follow bench/harness.hpp: <impl>/<dtype>/<op>/<shape>/<layout>/threads:<t>
-(Google Benchmark appends /real_time). Each benchmark carries x_memcpy (forwards) or x_triad
-(backward): median kernel time / median baseline time over the same bytes, timed interleaved,
-and baseline_ms, the baseline's median. The kernel's median is therefore x * baseline_ms, the
-"ms" of the tables.
+(Google Benchmark appends /real_time). Each benchmark carries, for each condition c in warm
+and cold (see measure() in bench/harness.hpp): ms_c, the kernel's median time; baseline_ms_c,
+the median of its baseline over the same bytes (a copy for forwards, the STREAM triad for
+backward, best of plain and non-temporal stores); x_copy_c or x_triad_c, their ratio.
 """
 
 import argparse
@@ -21,12 +21,17 @@ import subprocess
 import sys
 
 IMPLS = ["batchnorm", "floor", "onednn", "libtorch", "eigen_naive"]
+RIVALS = ["onednn", "libtorch"]  # the competitors of the targets
 OPS = ["forward_train", "forward_eval", "backward_train"]
 SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide"]  # harness order
-LAYOUTS = ["nchw", "colmajor", "nhwc", "spanning", "nChw16c", "nChw8c"]
+LAYOUTS = ["nchw", "colmajor", "nhwc", "blocked", "spanning", "nChw16c", "nChw8c"]
+CONDITIONS = ["warm", "cold"]
+LIMIT = 1.10  # the targets: eval / copy, training / floor
+THREADS_SHARE = 0.9  # the targets: 2-thread speed-up at least this share of the baseline's
 CHART_SERIES = [  # (title, impl, layout or None for the impl's best layout, colour)
     ("batchnorm nchw", "batchnorm", "nchw", "#1b9e77"),
     ("batchnorm best layout", "batchnorm", None, "#97d8c2"),
+    ("floor (its layout)", "floor", None, "#666666"),
     ("oneDNN nchw", "onednn", "nchw", "#d95f02"),
     ("oneDNN best layout", "onednn", None, "#f6b88d"),
     ("libtorch nchw", "libtorch", "nchw", "#7570b3"),
@@ -40,7 +45,8 @@ def order(value, table):
 
 
 def load(path):
-    """{(impl, dtype, op, shape, layout, threads): result} from the JSON file."""
+    """{(impl, dtype, op, shape, layout, threads): result} from the JSON file; a result holds, per
+    condition, {"ms", "ratio", "baseline_ms"}, and "ratio_name" (copy or triad), "label"."""
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
     results = {}
@@ -58,16 +64,17 @@ def load(path):
         if b.get("error_occurred"):
             results[key] = {"error": b.get("error_message", "error")}
             continue
-        ratio_name = "x_triad" if "x_triad" in b else "x_memcpy"
-        ratio = b.get(ratio_name)
-        base = b.get("baseline_ms")
-        results[key] = {
-            "ratio": ratio,
-            "ratio_name": ratio_name[2:],
-            "baseline_ms": base,
-            "ms": ratio * base if ratio is not None and base is not None else None,
-            "label": b.get("label", ""),
-        }
+        ratio_name = "triad" if "x_triad_warm" in b else "copy"
+        r = {"ratio_name": ratio_name, "label": b.get("label", "")}
+        for c in CONDITIONS:
+            ms, base = b.get(f"ms_{c}"), b.get(f"baseline_ms_{c}")
+            if ms is None or base is None:
+                print(f"report.py: {b['name']!r} has no {c} counters (a binary older than this script?)",
+                      file=sys.stderr)
+                r = {"error": f"no {c} counters"}
+                break
+            r[c] = {"ms": ms, "baseline_ms": base, "ratio": ms / base}
+        results[key] = r
     return doc.get("context", {}), results
 
 
@@ -82,24 +89,46 @@ def read_meta(path):
     return meta
 
 
-def cell(r):
+def ok(r):
+    return r is not None and "error" not in r
+
+
+def cell(r, c):
     if r is None:
         return ""
     if "error" in r:
         return "error"
-    if r["ratio"] is None:
-        return "?"
-    return f"{r['ratio']:.2f}x · {r['ms']:.3g} ms"
+    return f"{r[c]['ratio']:.2f}x · {r[c]['ms']:.3g} ms"
 
 
-def best(results, impl, dtype, op, shape, threads):
-    """(layout, result) of impl's fastest layout for the group, or (None, None)."""
+def best(results, impl, dtype, op, shape, threads, c):
+    """(layout, result) of impl's fastest layout for the group in condition c, or (None, None)."""
     cands = [(k[4], r) for k, r in results.items()
-             if k[0] == impl and k[1] == dtype and k[2] == op and k[3] == shape and k[5] == threads
-             and r.get("ratio") is not None]
+             if k[0] == impl and k[1] == dtype and k[2] == op and k[3] == shape and k[5] == threads and ok(r)]
     if not cands:
         return None, None
-    return min(cands, key=lambda c: c[1]["ratio"])
+    return min(cands, key=lambda lr: lr[1][c]["ms"])
+
+
+def floor_of(results, key):
+    """(floor layout, result) of our training cell key: blocked for RowMajor (N, C, H, W),
+    spanning for every layout whose channels span the tensor; (None, None) if not measured."""
+    _, dtype, op, shape, layout, threads = key
+    for lay in (["blocked"] if layout == "nchw" else []) + ["spanning"]:
+        r = results.get(("floor", dtype, op, shape, lay, threads))
+        if r is not None:
+            return lay, r
+    return None, None
+
+
+def target_ratio(results, key, r, c):
+    """(ratio, against): an eval cell's time / the copy's, a training cell's / its floor's."""
+    if key[2] == "forward_eval":
+        return r[c]["ratio"], "copy"
+    lay, f = floor_of(results, key)
+    if not ok(f):
+        return None, "floor"
+    return r[c]["ms"] / f[c]["ms"], f"floor {lay}"
 
 
 def markdown(context, results, meta, run):
@@ -110,65 +139,142 @@ def markdown(context, results, meta, run):
     if context:
         out.append(f"| Google Benchmark | run {context.get('date', '?')}, {context.get('num_cpus', '?')} CPUs at "
                    f"{context.get('mhz_per_cpu', '?')} MHz, load average {context.get('load_avg', '?')}, "
-                   f"library_build_type {context.get('library_build_type', '?')} |")
+                   f"library_build_type {context.get('library_build_type', '?')}, "
+                   f"kernels {context.get('batchnorm_isa', '?')} |")
     if run:
         out.append(f"| run | `{run}` |")
     out += [
         "",
-        "Each figure is `ratio · ms`: ratio = median kernel time / median baseline time over the same",
-        "bytes (memcpy of the tensor for forwards, a STREAM triad for backward), both timed",
-        "interleaved in the same benchmark, so 1.00x is the memory-bandwidth limit and lower is",
-        "better; ms = the kernel's median (ratio x baseline median). libtorch allocates its outputs",
-        "in every call (it has no CPU out= kernel); oneDNN's nChw16c / nChw8c are its own blocked",
-        "formats (a user reorders into them, untimed), and the oneDNN kernel column names the",
-        "implementation oneDNN picked (`ref` is its slow reference code).",
+        "Every benchmark is timed in two conditions (measure() in bench/harness.hpp): **warm**, a",
+        "call right after a call on the same buffers (as when the previous layer just wrote x), and",
+        "**cold**, a call right after a pass over other buffers of the same size (tensors larger than",
+        "the L2 cache then come from the last-level cache or memory). ms: the median time; the",
+        "baseline: a copy of the same bytes for forwards, a STREAM triad for backward, timed in the",
+        "same condition, best of plain and non-temporal stores. Targets: forward eval at most",
+        f"{LIMIT:.2f}x the copy; forward training and backward at most {LIMIT:.2f}x the floor of their",
+        "layout (`floor/.../blocked`: each channel read from memory, re-read from L2, written, for",
+        "RowMajor (N, C, H, W); `floor/.../spanning`: a read pass, then the write pass, for",
+        "channels-last, ColMajor and (N, C)); faster than every layout of every competitor; two",
+        f"threads never slower than one and their speed-up at least {THREADS_SHARE} of the baseline's.",
+        "libtorch allocates its outputs in every call (no CPU out= kernel); oneDNN's nChw16c / nChw8c",
+        "are its blocked formats (a user reorders into them, untimed); oneDNN has no f64.",
         "",
     ]
+    ours = sorted((k for k, r in results.items() if k[0] == "batchnorm" and ok(r)),
+                  key=lambda k: (k[5], k[1], order(k[2], OPS), order(k[3], SHAPES), order(k[4], LAYOUTS)))
+
+    def name(k):
+        return f"{k[2]} {k[3]} {k[4]} {k[1]} threads:{k[5]}"
+
+    # --- targets --------------------------------------------------------------------------------
+    misses, checked = [], 0
+    for k in ours:
+        for c in CONDITIONS:
+            ratio, what = target_ratio(results, k, results[k], c)
+            if ratio is None:
+                continue
+            checked += 1
+            if ratio > LIMIT:
+                misses.append(f"| {name(k)} | {c} | {what} | {ratio:.2f} |")
+    out += ["## Targets: eval against the copy, training against its floor", "",
+            f"{len(misses)} of {checked} (cell, condition) pairs above {LIMIT:.2f}.", ""]
+    if misses:
+        out += ["| cell | condition | against | ratio |", "|---|---|---|---|"] + misses + [""]
+
+    wins, compared = [], 0
+    for k in ours:
+        _, dtype, op, shape, layout, threads = k
+        for c in CONDITIONS:
+            rivals = [(impl,) + best(results, impl, dtype, op, shape, threads, c) for impl in RIVALS]
+            rivals = [(impl, lay, r) for impl, lay, r in rivals if r is not None]
+            if not rivals:
+                continue
+            compared += 1
+            impl, lay, r = min(rivals, key=lambda x: x[2][c]["ms"])
+            mine = results[k][c]["ms"]
+            if r[c]["ms"] < mine:
+                wins.append(f"| {name(k)} | {c} | {mine:.3g} | {impl} {lay} {r[c]['ms']:.3g} | {mine / r[c]['ms']:.2f} |")
+    out += ["## Where a competitor is faster", "",
+            f"Each of our cells against the fastest layout of every competitor for the same op, shape, dtype,",
+            f"threads and condition: a competitor is faster in {len(wins)} of {compared}.", ""]
+    if wins:
+        out += ["| our cell | condition | ours ms | fastest rival ms | ours / rival |", "|---|---|---|---|---|"]
+        out += wins + [""]
+
+    slow, pairs = [], 0
+    for k in ours:
+        if k[5] != 1:
+            continue
+        k2 = k[:5] + (2,)
+        if not ok(results.get(k2)):
+            continue
+        for c in CONDITIONS:
+            one, two = results[k][c], results[k2][c]
+            pairs += 1
+            speedup, base = one["ms"] / two["ms"], one["baseline_ms"] / two["baseline_ms"]
+            if speedup < 1 or speedup < THREADS_SHARE * base:
+                slow.append(f"| {name(k)[:-len(' threads:1')]} | {c} | {speedup:.2f} | {base:.2f} |")
+    out += ["## Two threads", "",
+            f"Speed-up from 1 to 2 threads (time at 1 / time at 2) against the baseline's: {len(slow)} of {pairs}",
+            f"(cell, condition) pairs below 1 or below {THREADS_SHARE} of the baseline's.", ""]
+    if slow:
+        out += ["| cell | condition | speed-up | baseline's |", "|---|---|---|---|"] + slow + [""]
+
+    # --- every layout -------------------------------------------------------------------------
     groups = sorted({(k[2], k[3], k[1], k[5]) for k in results},
                     key=lambda g: (order(g[0], OPS), order(g[1], SHAPES), g[2], g[3]))
     present = [i for i in IMPLS if any(k[0] == i for k in results)]
-    others = sorted({k[0] for k in results} - set(IMPLS))
-    impls = present + others
+    impls = present + sorted({k[0] for k in results} - set(IMPLS))
+    for c in CONDITIONS:
+        out += [f"## Every layout, {c}", "",
+                "`ratio · ms`: ratio = time / the baseline's in the same condition. target: our time / the",
+                "floor of its layout (training) or the ratio to the copy (eval).", ""]
+        header = ["op", "shape", "layout", "dtype", "threads"] + impls + ["target"]
+        if "onednn" in impls:
+            header.append("oneDNN kernel")
+        header.append("baseline ms")
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "|".join("---" for _ in header) + "|")
+        for op, shape, dtype, threads in groups:
+            layouts = sorted({k[4] for k in results if (k[2], k[3], k[1], k[5]) == (op, shape, dtype, threads)},
+                             key=lambda l: order(l, LAYOUTS))
+            for layout in layouts:
+                rs = {i: results.get((i, dtype, op, shape, layout, threads)) for i in impls}
+                row = [op, shape, layout, dtype, str(threads)] + [cell(rs[i], c) for i in impls]
+                key = ("batchnorm", dtype, op, shape, layout, threads)
+                ratio = target_ratio(results, key, rs["batchnorm"], c)[0] if ok(rs.get("batchnorm")) else None
+                row.append("" if ratio is None else (f"**{ratio:.2f}**" if ratio > LIMIT else f"{ratio:.2f}"))
+                if "onednn" in impls:
+                    row.append(f"`{rs['onednn']['label']}`" if ok(rs["onednn"]) and rs["onednn"].get("label") else "")
+                base = next((r[c]["baseline_ms"] for r in rs.values() if ok(r)), None)
+                row.append(f"{base:.3g}" if base is not None else "")
+                out.append("| " + " | ".join(row) + " |")
+        out.append("")
 
-    out += ["## Every layout", ""]
-    header = ["op", "shape", "layout", "dtype", "threads"] + impls
-    if "onednn" in impls:
-        header.append("oneDNN kernel")
-    header.append("baseline ms")
-    out.append("| " + " | ".join(header) + " |")
-    out.append("|" + "|".join("---" for _ in header) + "|")
-    for op, shape, dtype, threads in groups:
-        layouts = sorted({k[4] for k in results if (k[2], k[3], k[1], k[5]) == (op, shape, dtype, threads)},
-                         key=lambda l: order(l, LAYOUTS))
-        for layout in layouts:
-            rs = {i: results.get((i, dtype, op, shape, layout, threads)) for i in impls}
-            row = [op, shape, layout, dtype, str(threads)] + [cell(rs[i]) for i in impls]
-            if "onednn" in impls:
-                row.append(f"`{rs['onednn']['label']}`" if rs["onednn"] and rs["onednn"].get("label") else "")
-            base = next((r["baseline_ms"] for r in rs.values() if r and r.get("baseline_ms") is not None), None)
-            row.append(f"{base:.3g}" if base is not None else "")
-            out.append("| " + " | ".join(row) + " |")
-
-    out += ["", "## Best layout of each implementation", "",
-            "The fastest layout each library offers for the op, shape, dtype and thread count.", ""]
+    out += ["## Best layout of each implementation", "",
+            "The fastest layout each library offers for the op, shape, dtype and thread count, warm / cold.", ""]
     header = ["op", "shape", "dtype", "threads"] + impls
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join("---" for _ in header) + "|")
     for op, shape, dtype, threads in groups:
         row = [op, shape, dtype, str(threads)]
         for i in impls:
-            layout, r = best(results, i, dtype, op, shape, threads)
-            row.append(f"{cell(r)} ({layout})" if r else "")
+            parts = []
+            for c in CONDITIONS:
+                layout, r = best(results, i, dtype, op, shape, threads, c)
+                if r:
+                    parts.append(f"{cell(r, c)} ({layout})")
+            row.append(" / ".join(parts))
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     return "\n".join(out)
 
 
 def chart(results, out_dir, meta):
-    """chart.dat + chart.gp, then chart.png via gnuplot: x ratio per shape, f32, threads:1,
-    forward_train and backward_train panels; bars in nchw and in each library's best layout
+    """chart.dat + chart.gp, then chart.png via gnuplot: time / baseline per shape, f32,
+    threads:1, a panel per op and condition; bars in nchw and in each library's best layout
     (labelled with its name), log scale."""
-    panels = [("forward_train", "memcpy"), ("backward_train", "triad")]
+    panels = [(op, c) for op in OPS for c in CONDITIONS]
     shapes = sorted({k[3] for k in results if k[1] == "f32" and k[5] == 1 and k[2] in OPS},
                     key=lambda s: order(s, SHAPES))
     series = [s for s in CHART_SERIES if any(k[0] == s[1] for k in results)]
@@ -178,19 +284,20 @@ def chart(results, out_dir, meta):
     width = 0.84 / len(series)
     values = []
     lines = ["# panel series shape_index x value label"]
-    for p, (op, _) in enumerate(panels):
+    for p, (op, c) in enumerate(panels):
         for s, (title, impl, layout, _) in enumerate(series):
             for j, shape in enumerate(shapes):
                 if layout is None:
-                    lay, r = best(results, impl, "f32", op, shape, 1)
+                    lay, r = best(results, impl, "f32", op, shape, 1, c)
                 else:
                     lay, r = layout, results.get((impl, "f32", op, shape, layout, 1))
-                if not r or r.get("ratio") is None:
+                if not ok(r):
                     continue
                 x = j + (s - (len(series) - 1) / 2) * width
-                label = f"{r['ratio']:.2g}" + (f" {lay}" if layout is None else "")
-                values.append(r["ratio"])
-                lines.append(f'{p} {s} {j} {x:.4f} {r["ratio"]:.6g} "{label}"')
+                ratio = r[c]["ratio"]
+                label = f"{ratio:.2g}" + (f" {lay}" if layout is None else "")
+                values.append(ratio)
+                lines.append(f'{p} {s} {j} {x:.4f} {ratio:.6g} "{label}"')
     if not values:
         print("report.py: no f32 threads:1 results to chart", file=sys.stderr)
         return None
@@ -203,27 +310,29 @@ def chart(results, out_dir, meta):
     ymax = 10 ** math.ceil(math.log10(max(values) * 4))  # room for the rotated labels
     xtics = ", ".join(f'"{s}" {j}' for j, s in enumerate(shapes))
     machine = next((v for k, v in meta if k == "CPU"), "")
-    term = ("pngcairo noenhanced size 1500,1100 font 'DejaVu Sans,10'" if have_pngcairo()
-            else "png noenhanced size 1500,1100")
+    term = ("pngcairo noenhanced size 2000,1600 font 'DejaVu Sans,10'" if have_pngcairo()
+            else "png noenhanced size 2000,1600")
     gp = [
         f"set terminal {term}",
         f"set output '{os.path.join(out_dir, 'chart.png')}'",
-        "set multiplot layout 2,1 title " + gp_str(f"batchnorm vs competitors, f32, 1 thread, {machine}"),
+        f"set multiplot layout {len(OPS)},{len(CONDITIONS)} title "
+        + gp_str(f"batchnorm vs competitors, f32, 1 thread, {machine}"),
         "set logscale y", f"set yrange [{ymin}:{ymax}]", f"set xrange [-0.6:{len(shapes) - 0.4}]",
-        f"set xtics ({xtics})", "set grid ytics", "set key outside right top vertical",
+        f"set xtics ({xtics})", "set grid ytics", "set key outside right top vertical font ',8'",
         "set style fill solid 0.85 border -1",
     ]
-    for p, (op, base) in enumerate(panels):
-        gp.append("set title " + gp_str(f"{op}: median time / median {base} over the same bytes "
-                                         "(1 = memory-bandwidth limit, lower is better, log scale)"))
+    for p, (op, c) in enumerate(panels):
+        base = "triad" if op == "backward_train" else "copy"
+        gp.append("set title " + gp_str(f"{op}, {c}: time / {base} of the same bytes "
+                                         "(1 = memory limit, lower is better, log scale)"))
         gp.append(f"set ylabel 'x {base}'")
         plots = []
         for s, (title, _, _, colour) in enumerate(series):
             cond = f"(($1=={p} && $2=={s}) ? $4 : NaN)"
             plots.append(f"'{dat}' using {cond}:5:($4-{width / 2:.4f}):($4+{width / 2:.4f}):({ymin}):5 "
                          f"with boxxyerror lc rgb '{colour}' title {gp_str(title)}")
-            plots.append(f"'{dat}' using {cond}:5:6 with labels rotate by 90 left offset 0,0.4 font ',8' notitle")
-        plots.append(f"1 with lines lc rgb 'black' dt 2 title 'memory limit'")
+            plots.append(f"'{dat}' using {cond}:5:6 with labels rotate by 90 left offset 0,0.4 font ',7' notitle")
+        plots.append("1 with lines lc rgb 'black' dt 2 title 'memory limit'")
         gp.append("plot " + ", \\\n     ".join(plots))
     gp.append("unset multiplot")
     script = os.path.join(out_dir, "chart.gp")

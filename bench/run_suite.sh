@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Build batchnorm_bench (cmake --preset release, target batchnorm_bench only), run the benchmark
-# suite once with JSON output, and write bench/results/results.md and chart.png (report.py,
-# gnuplot). Runnable from any directory.
+# suite once with JSON output, and write results.md and chart.png (report.py, gnuplot) into
+# build/bench-results, or with --publish into bench/results (the tracked copy). Runnable from any
+# directory.
 #
-#   bench/run_suite.sh [--short] [--min-time SECONDS] [--filter REGEX] [--out-dir DIR] [--no-build]
+#   bench/run_suite.sh [--short] [--min-time SECONDS] [--filter REGEX] [--out-dir DIR | --publish]
+#                      [--no-build]
 #
 #   --short        resnet_s1 and mlp only, f32, threads:1, min time 0.05 s: every implementation
 #                  (batchnorm, oneDNN, libtorch) on the same subset
 #   --min-time S   Google Benchmark's --benchmark_min_time (default 0.2, 0.05 with --short)
 #   --filter R     a --benchmark_filter regex of your own (replaces the --short one)
-#   --out-dir DIR  where results.json, meta.txt, results.md, chart.png go (default bench/results)
+#   --out-dir DIR  where results.json, meta.txt, results.md, chart.png go (default
+#                  build/bench-results)
+#   --publish      write them into bench/results, the copy the README's tables come from
 #   --no-build     use the binary already in build/release
 #
 # Recorded with the results (meta.txt and the header of results.md): date (UTC), git revision,
@@ -27,7 +31,9 @@ root="$(dirname -- "$here")"
 short=0
 min_time=""
 filter=""
-out_dir="$here/results"
+out_dir="$root/build/bench-results"
+publish=0
+out_given=0
 build=1
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
@@ -36,7 +42,8 @@ while (($#)); do
     --short) short=1 ;;
     --min-time) min_time="${2:?--min-time needs a value}"; shift ;;
     --filter) filter="${2:?--filter needs a value}"; shift ;;
-    --out-dir) out_dir="${2:?--out-dir needs a value}"; shift ;;
+    --out-dir) out_dir="${2:?--out-dir needs a value}"; out_given=1; shift ;;
+    --publish) publish=1 ;;
     --no-build) build=0 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run_suite.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -49,6 +56,10 @@ if ((short)); then
 fi
 : "${min_time:=0.2}"
 : "${filter:=.}"
+if ((publish)); then
+  ((!out_given)) || { echo "run_suite.sh: --publish writes bench/results; drop --out-dir" >&2; exit 2; }
+  out_dir="$here/results"
+fi
 mkdir -p "$out_dir"
 out_dir="$(cd -- "$out_dir" && pwd)"
 
