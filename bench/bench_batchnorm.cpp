@@ -83,11 +83,12 @@ void run_floor_spanning(benchmark::State& state, const Shape& shape, Op op, int 
   });
 }
 
-/// The floor of a training kernel in RowMajor (N, C, H, W): each channel is N rows of H * W
-/// values, small enough for the L2 cache on the suite's shapes, so an exact kernel reads a
-/// channel from memory once (its statistics), reads it again from L2 and writes the output.
-/// Timed: exactly that, channel by channel (channels split among the threads): the read pass
-/// of sum_range over the channel's rows (x; x and dy for backward), then the write pass over
+/// The floor of a training kernel in RowMajor (N, C, H, W), where channel c is N rows of H * W
+/// values: an exact kernel reads each channel from memory once (its statistics), reads it again
+/// from L2 and writes the output. Timed: exactly that, for groups of neighbouring channels whose
+/// inputs fit in 1 MiB of L2 (their rows are contiguous for each n, so the reads run in long
+/// streams the hardware prefetches, not one short row at a time), the groups split among the
+/// threads: the read pass (sum_range over x; x and dy for backward), then the write pass over
 /// the same rows (y = s * x; the triad for backward).
 template <class T>
 void run_floor_blocked(benchmark::State& state, const Shape& shape, Op op, int threads) {
@@ -96,19 +97,23 @@ void run_floor_blocked(benchmark::State& state, const Shape& shape, Op op, int t
   const std::size_t row = n / (N * C);
   bench::Buffer<T> x(n, 1), dy(n, 2), out(n, 3);
   const T* d = op == Op::backward_train ? dy.data() : nullptr;
+  const std::size_t channel_bytes = N * row * sizeof(T) * (d ? 2 : 1);
+  const std::size_t group = std::clamp<std::size_t>((std::size_t(1) << 20) / std::max<std::size_t>(1, channel_bytes), 1, C);
+  const std::size_t groups = (C + group - 1) / group;
   bench::measure<T>(state, op, n, threads, [&](bool stream) {
-    bench::split(C, threads, [&](std::size_t c0, std::size_t c1) {
-      for (std::size_t c = c0; c < c1; ++c) {
+    bench::split(groups, threads, [&](std::size_t g0, std::size_t g1) {
+      for (std::size_t g = g0; g < g1; ++g) {
+        const std::size_t c0 = g * group, run = (std::min(C, c0 + group) - c0) * row;
         T s = 0;
         for (std::size_t i = 0; i < N; ++i) {
-          const std::size_t o = (i * C + c) * row;
-          s += bench::sum_range(x.data(), d, o, o + row);
+          const std::size_t o = (i * C + c0) * row;
+          s += bench::sum_range(x.data(), d, o, o + run);
         }
         benchmark::DoNotOptimize(s);
         for (std::size_t i = 0; i < N; ++i) {
-          const std::size_t o = (i * C + c) * row;
-          if (d) bench::triad_range(x.data(), d, out.data(), o, o + row, stream);
-          else bench::scale_range(x.data(), out.data(), o, o + row, T(0.5), stream);
+          const std::size_t o = (i * C + c0) * row;
+          if (d) bench::triad_range(x.data(), d, out.data(), o, o + run, stream);
+          else bench::scale_range(x.data(), out.data(), o, o + run, T(0.5), stream);
         }
       }
     });
