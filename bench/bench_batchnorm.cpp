@@ -137,20 +137,16 @@ int main(int argc, char** argv) {
     return 0;
   }
   benchmark::AddCustomContext("batchnorm_isa", isa);
-  for (const int threads : {1, 2})
-    for (const Shape& s : bench::shapes())
-      for (const Layout l : {Layout::nchw, Layout::colmajor, Layout::nhwc})
-        for (const Op o : {Op::forward_train, Op::forward_eval, Op::backward_train}) {
-          if (l == Layout::nhwc && s.dims.size() == 2) continue;  // (N, C): nhwc is nchw
-          benchmark::RegisterBenchmark(bench::bench_name("batchnorm", "f32", o, s, l, threads).c_str(),
-                                       [s, l, o, threads](benchmark::State& st) { run_ours_any<float>(st, s, l, o, threads); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-          benchmark::RegisterBenchmark(bench::bench_name("batchnorm", "f64", o, s, l, threads).c_str(),
-                                       [s, l, o, threads](benchmark::State& st) { run_ours_any<double>(st, s, l, o, threads); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-        }
+  bench::for_each_cell([](const Shape& s, Layout l, Op o, int threads) {
+    benchmark::RegisterBenchmark(bench::bench_name("batchnorm", "f32", o, s, l, threads).c_str(),
+                                 [s, l, o, threads](benchmark::State& st) { run_ours_any<float>(st, s, l, o, threads); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(bench::bench_name("batchnorm", "f64", o, s, l, threads).c_str(),
+                                 [s, l, o, threads](benchmark::State& st) { run_ours_any<double>(st, s, l, o, threads); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  });
   for (const int threads : {1, 2})
     for (const Shape& s : bench::shapes())
       for (const Op o : {Op::forward_train, Op::backward_train}) {

@@ -62,20 +62,16 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "batchnorm_bench_pair: refusing to report from a debug build (NDEBUG is not defined)\n");
   return 2;
 #endif
-  for (const int threads : {1, 2})
-    for (const Shape& s : bench::shapes())
-      for (const Layout l : {Layout::nchw, Layout::colmajor, Layout::nhwc})
-        for (const Op o : {Op::forward_train, Op::forward_eval, Op::backward_train}) {
-          if (l == Layout::nhwc && s.dims.size() == 2) continue;  // (N, C): nhwc is nchw
-          benchmark::RegisterBenchmark(bench::bench_name("pair", "f32", o, s, l, threads).c_str(),
-                                       [s, l, o, threads](benchmark::State& st) { run_pair<float>(st, s, l, o, threads); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-          benchmark::RegisterBenchmark(bench::bench_name("pair", "f64", o, s, l, threads).c_str(),
-                                       [s, l, o, threads](benchmark::State& st) { run_pair<double>(st, s, l, o, threads); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-        }
+  bench::for_each_cell([](const Shape& s, Layout l, Op o, int threads) {
+    benchmark::RegisterBenchmark(bench::bench_name("pair", "f32", o, s, l, threads).c_str(),
+                                 [s, l, o, threads](benchmark::State& st) { run_pair<float>(st, s, l, o, threads); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(bench::bench_name("pair", "f64", o, s, l, threads).c_str(),
+                                 [s, l, o, threads](benchmark::State& st) { run_pair<double>(st, s, l, o, threads); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  });
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

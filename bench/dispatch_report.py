@@ -32,8 +32,9 @@ def order(value, table):
 
 
 def load(raw):
-    """{cell: {"native": [ms...], "default": [ms...]}}, and the ISAs the runs report."""
-    cells, isas = {}, {"native": set(), "default": set(), "timing": set()}
+    """{cell: {"native": [ms...], "default": [ms...]}}, the ISAs the runs report, and how they
+    timed (warm, interleaved)."""
+    cells, isas, timing = {}, {"native": set(), "default": set()}, set()
     def run_of(path):  # (cell index, binary, repetition)
         index, which, rep, _ = os.path.basename(path).split(".")
         return int(index), which, int(rep)
@@ -64,12 +65,12 @@ def load(raw):
                 continue
             if "ms_warm" in b:  # measure() of today: warm, back-to-back calls
                 runs[which].append(b["ms_warm"])
-                isas["timing"].add("warm")
+                timing.add("warm")
             else:  # an older measure(): the kernel interleaved with its baseline
                 runs[which].append(b.get("x_triad", b.get("x_memcpy")) * b["baseline_ms"])
-                isas["timing"].add("interleaved")
+                timing.add("interleaved")
             runs[which + "_cpu"].append(b["cpu_time"])  # mean main-thread CPU time, time_unit ms
-    return cells, isas
+    return cells, isas, timing
 
 
 def load_pair(raw):
@@ -112,7 +113,7 @@ def main():
     ap.add_argument("--run", default="")
     args = ap.parse_args()
 
-    cells, isas = load(args.raw)
+    cells, isas, timing = load(args.raw)
     pair, pair_labels = load_pair(args.raw)
     if not cells:
         sys.exit(f"dispatch_report.py: no results in {args.raw}")
@@ -153,7 +154,7 @@ def main():
         "(sse2, avx2 and avx512 copies, the widest the CPU supports chosen at run time). Every cell",
         "of our suite ran in both, one process per run, the two binaries alternating. ms: measure()'s",
         ("median warm kernel time (back-to-back calls, see bench/harness.hpp), then the median over the runs;"
-         if isas["timing"] == {"warm"} else
+         if timing == {"warm"} else
          "median kernel time, each call after its baseline over other buffers (bench/harness.hpp of\n"
          "the run's revision), then the median over the runs;"),
         "ratio = default ms / native ms; runs: each run's default / native, in the order taken.",

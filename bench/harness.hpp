@@ -69,6 +69,17 @@ inline const char* op_name(Op o) {
   return o == Op::forward_train ? "forward_train" : o == Op::forward_eval ? "forward_eval" : "backward_train";
 }
 
+/// Calls f(shape, layout, op, threads) for every cell of our suite: 1 and 2 threads, every
+/// shape, nchw, colmajor and nhwc (nhwc skipped for (N, C), where it is nchw), every op.
+template <class F>
+void for_each_cell(F f) {
+  for (const int threads : {1, 2})
+    for (const Shape& s : shapes())
+      for (const Layout l : {Layout::nchw, Layout::colmajor, Layout::nhwc})
+        for (const Op o : {Op::forward_train, Op::forward_eval, Op::backward_train})
+          if (l != Layout::nhwc || s.dims.size() != 2) f(s, l, o, threads);
+}
+
 /// "<impl>/<dtype>/<op>/<shape>/<layout>/threads:<t>", the naming every benchmark follows.
 inline std::string bench_name(const std::string& impl, const std::string& dtype, Op op, const Shape& s, Layout l,
                               int threads) {
