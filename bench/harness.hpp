@@ -92,19 +92,21 @@ const char* dtype_name() {
   return sizeof(T) == 4 ? "f32" : "f64";
 }
 
-/// 64-byte aligned buffer of n values, filled with a seeded N(1, 2) sample.
+/// Buffer of n values starting `shift` bytes past a 64-byte boundary (0: aligned; 16: where
+/// glibc's malloc puts a large block, as in a std::vector), filled with a seeded N(1, 2) sample.
 template <class T>
 struct Buffer {
   std::unique_ptr<T[], void (*)(void*)> p{nullptr, std::free};
-  std::size_t n = 0;
-  explicit Buffer(std::size_t size, std::uint32_t seed = 0) : n(size) {
-    const std::size_t bytes = std::max<std::size_t>(64, ((size * sizeof(T) + 63) / 64) * 64);
+  std::size_t n = 0, shift = 0;
+  explicit Buffer(std::size_t size, std::uint32_t seed = 0, std::size_t shift_bytes = 0)
+      : n(size), shift(shift_bytes / sizeof(T)) {
+    const std::size_t bytes = std::max<std::size_t>(64, (((size + shift) * sizeof(T) + 63) / 64) * 64);
     p.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
     std::mt19937 gen(seed);
     std::normal_distribution<double> d(1.0, 2.0);
-    for (std::size_t k = 0; k < n; ++k) p[k] = static_cast<T>(d(gen));
+    for (std::size_t k = 0; k < n; ++k) data()[k] = static_cast<T>(d(gen));
   }
-  T* data() const { return p.get(); }
+  T* data() const { return p.get() + shift; }
 };
 
 inline void set_threads(int threads) {

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 
-IMPLS = ["batchnorm", "floor", "onednn", "libtorch", "eigen_naive"]
+IMPLS = ["batchnorm", "batchnorm_malloc", "floor", "onednn", "libtorch", "eigen_naive"]
 RIVALS = ["onednn", "libtorch"]  # the competitors of the targets
 OPS = ["forward_train", "forward_eval", "backward_train"]
 SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide"]  # harness order
@@ -219,6 +219,26 @@ def markdown(context, results, meta, run):
             f"(cell, condition) pairs below 1 or below {THREADS_SHARE} of the baseline's.", ""]
     if slow:
         out += ["| cell | condition | speed-up | baseline's |", "|---|---|---|---|"] + slow + [""]
+
+    shifted, worst = [], []
+    for k in ours:
+        r = results.get(("batchnorm_malloc",) + k[1:])
+        if not ok(r):
+            continue
+        for c in CONDITIONS:
+            ratio = r[c]["ms"] / results[k][c]["ms"]
+            shifted.append(ratio)
+            worst.append((ratio, f"| {name(k)} | {c} | {results[k][c]['ms']:.3g} | {r[c]['ms']:.3g} | {ratio:.2f} |"))
+    if shifted:
+        over = [w for w in worst if w[0] > LIMIT]
+        geomean = math.exp(sum(math.log(x) for x in shifted) / len(shifted))
+        out += ["## Buffers 16 bytes past a cache line", "",
+                "`batchnorm_malloc`: our f32 cells on x, dy and the output placed 16 bytes past a 64-byte",
+                "boundary, where glibc's malloc puts a large block (a TensorMap over a std::vector), against",
+                f"the same cells on aligned buffers, same condition: geomean {geomean:.3f}, {len(over)} of",
+                f"{len(shifted)} (cell, condition) pairs above {LIMIT:.2f}; the slowest five:", "",
+                "| cell | condition | aligned ms | +16 B ms | +16 B / aligned |", "|---|---|---|---|---|"]
+        out += [line for _, line in sorted(worst, reverse=True)[:5]] + [""]
 
     # --- every layout -------------------------------------------------------------------------
     groups = sorted({(k[2], k[3], k[1], k[5]) for k in results},

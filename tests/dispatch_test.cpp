@@ -8,6 +8,7 @@
 
 #include <batchnorm/batchnorm.hpp>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -197,6 +198,27 @@ TEMPLATE_TEST_CASE("SIMD tails and misalignments of the running copy's width, ro
       check_training<T>(View{9, 3, n}, static_cast<std::size_t>(misalign), seed += 4);  // rows of n values
     }
   }
+}
+
+TEMPLATE_TEST_CASE("streamed outputs whose rows start misaligned: a partial narrow lane tile streams its aligned vectors",
+                   "[dispatch][tails]", float, double) {
+  using T = TestType;
+  const F::Index W = active_lanes<T>();
+  // (N, C) with C = kLanes + 16: a full lane tile, then a tile of 16 lanes that is not the whole
+  // row (narrow: 16 lanes are at most kNarrowVectors vectors); rows a whole number of vectors
+  // apart; 10 MiB or more, so that forward and backward stream. x, y, dy, dx start 3 values past
+  // an address of the vector's alignment (the vectors' storage is at least 16-byte aligned), so
+  // every row of the second tile starts misaligned and narrow_apply_shifted writes it.
+  const View v{(10 << 20) / (static_cast<F::Index>(sizeof(float)) * (D::kLanes + 16)) + 1, D::kLanes + 16, 1};
+  REQUIRE(v.channels % W == 0);
+  REQUIRE(16 <= D::kNarrowVectors * W);
+  static std::atomic<long> rows{0};
+  rows = 0;
+  D::shifted_rows_observer = [](F::Index r) { rows += static_cast<long>(r); };
+  check_training<T>(v, 3, 71);
+  D::shifted_rows_observer = nullptr;
+  if (W == 1) CHECK(rows == 0);
+  else CHECK(rows == 2 * v.outer);  // y, then dx: every row of the second tile, once each
 }
 
 TEMPLATE_TEST_CASE("empty channels give zero moments and zero sums, reading nothing", "[dispatch][empty]", float,

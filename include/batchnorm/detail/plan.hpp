@@ -123,5 +123,10 @@ Plan make_plan(const View& v, int lanes, Pass pass) noexcept {
 /// the Isa of the copy that runs it.
 inline void (*plan_observer)(const Plan&, Isa) = nullptr;
 
+/// Tests see the streamed lane tiles whose rows start misaligned (narrow_apply_shifted in
+/// isa/store.hpp) through this hook (nullptr: nobody watches): called with the tile's rows,
+/// from the thread that writes them.
+inline void (*shifted_rows_observer)(Index rows) = nullptr;
+
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

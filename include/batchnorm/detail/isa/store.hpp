@@ -49,6 +49,49 @@ inline void apply_span(const T* x, const T* u, T* out, Index n, bool stream, con
   });
 }
 
+/// narrow_apply with streamed rows that all start s lanes past an aligned address (0 < s < W,
+/// rows a whole number of vectors apart): in each row, the lanes before its first aligned
+/// address and those after its last whole aligned vector go out as masked plain stores, the
+/// whole vectors between as non-temporal stores. The constants of each piece are loaded once
+/// (k's arrays hold nl + W lanes or more; lanes past nl only feed masked-off results). In
+/// place is safe: a row's stores never reach values of it not yet read.
+template <class T, bool HasU, int NV, class F>
+void narrow_apply_shifted(const T* x, const T* u, T* out, Index stride, Index rows, Index nl, const LaneCoefs<T>& k,
+                          int s, F f) noexcept {
+  using S = simd::Simd<T>;
+  constexpr int W = S::lanes;
+  const int n = static_cast<int>(nl);
+  const int head = std::min(W - s, n);
+  const int full = (n - head) / W;
+  const int tail = n - head - full * W;
+  if (shifted_rows_observer) shifted_rows_observer(rows);
+  typename S::vec ch[5], cf[5][extent(NV)], ct[5];
+  for (int m = 0; m < 5; ++m) {
+    ch[m] = S::load(k.k[m]);
+    ct[m] = S::load(k.k[m] + head + full * W);
+    for (int j = 0; j < NV; ++j) cf[m][j] = j < full ? S::load(k.k[m] + head + j * W) : S::zero();
+  }
+  for (Index r = 0; r < rows; ++r) {
+    const T* xr = x + r * stride;
+    const T* ur = HasU ? u + r * stride : nullptr;
+    T* o = out + r * stride;
+    S::store_n(o, f(S::load_n(xr, head), HasU ? S::load_n(ur, head) : S::zero(), ch[0], ch[1], ch[2], ch[3], ch[4]),
+               head);
+    for (int j = 0; j < NV; ++j)
+      if (j < full) {
+        const Index i = head + j * W;
+        simd::stream<T>(o + i, f(S::load(xr + i), HasU ? S::load(ur + i) : S::zero(), cf[0][j], cf[1][j], cf[2][j],
+                                 cf[3][j], cf[4][j]));
+      }
+    if (tail) {
+      const Index i = head + full * W;
+      S::store_n(o + i, f(S::load_n(xr + i, tail), HasU ? S::load_n(ur + i, tail) : S::zero(), ct[0], ct[1], ct[2],
+                          ct[3], ct[4]),
+                 tail);
+    }
+  }
+}
+
 /// region_apply on a narrow tile (nl lanes in NV vectors): the lane constants stay in registers
 /// for all `rows` rows (stride apart). When streaming and every row starts at an aligned
 /// address, whole vectors go out as non-temporal stores; partial vectors and everything else
@@ -62,6 +105,11 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
   typename S::vec c[5][extent(NV)];
   for (int m = 0; m < 5; ++m)
     for (int j = 0; j < NV; ++j) c[m][j] = L.load(k.k[m], j);
+  if constexpr (W > 1) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(out);
+    if (stream && stride % W == 0 && addr % kBytes != 0 && addr % sizeof(T) == 0)
+      return narrow_apply_shifted<T, HasU, NV>(x, u, out, stride, rows, nl, k, static_cast<int>(addr % kBytes / sizeof(T)), f);
+  }
   const bool nt_stores = W > 1 && stream && stride % W == 0 && simd::stream_aligned(out);
   for (Index r = 0; r < rows; ++r) {
     const T* xr = x + r * stride;
@@ -169,8 +217,10 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
   // Rows of whole vectors: row by row. Otherwise, with contiguous rows, one run (per-row
   // partial vectors next to non-temporal stores cost several times the pass), unless the
-  // stores are plain and the tile is narrow (constants in registers).
-  const bool run = whole && nl % W != 0 && W > 1;
+  // stores are plain and the tile is narrow (constants in registers). A streamed output whose
+  // rows do not start at aligned addresses (a TensorMap over malloc'd memory: 16 bytes past
+  // a 64-byte boundary) is one run too, so that its vectors can be aligned and streamed.
+  const bool run = whole && W > 1 && (nl % W != 0 || (stream && !simd::stream_aligned(out + off0)));
   if (!(run && stream) && narrow_dispatch<T>(nl, [&](auto nv) {
         narrow_apply<T, HasU, decltype(nv)::value>(x + off0, ub, out + off0, C * I, rows, nl, lanes, stream, f);
       }))
