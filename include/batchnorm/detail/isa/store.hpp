@@ -110,17 +110,21 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
     if (stream && stride % W == 0 && addr % kBytes != 0 && addr % sizeof(T) == 0)
       return narrow_apply_shifted<T, HasU, NV>(x, u, out, stride, rows, nl, k, static_cast<int>(addr % kBytes / sizeof(T)), f);
   }
-  const bool nt_stores = W > 1 && stream && stride % W == 0 && simd::stream_aligned(out);
-  for (Index r = 0; r < rows; ++r) {
-    const T* xr = x + r * stride;
-    T* o = out + r * stride;
-    for (int j = 0; j < NV; ++j) {
-      const auto v = f(L.load(xr, j), HasU ? L.load(u + r * stride, j) : S::zero(), c[0][j], c[1][j], c[2][j], c[3][j],
-                       c[4][j]);
-      if (nt_stores && (j < NV - 1 || L.last == W)) simd::stream<T>(o + j * W, v);
-      else L.store(o, j, v);
+  // One loop for each kind of store, so that the row loop carries no store decision.
+  const auto rows_with = [&](auto nt_stores) {
+    for (Index r = 0; r < rows; ++r) {
+      const T* xr = x + r * stride;
+      T* o = out + r * stride;
+      for (int j = 0; j < NV; ++j) {
+        const auto v = f(L.load(xr, j), HasU ? L.load(u + r * stride, j) : S::zero(), c[0][j], c[1][j], c[2][j], c[3][j],
+                         c[4][j]);
+        if (decltype(nt_stores)::value && (j < NV - 1 || L.last == W)) simd::stream<T>(o + j * W, v);
+        else L.store(o, j, v);
+      }
     }
-  }
+  };
+  if (W > 1 && stream && stride % W == 0 && simd::stream_aligned(out)) rows_with(std::true_type{});
+  else rows_with(std::false_type{});
 }
 
 /// out[i] = f(x[i], u[i], constants of channel (i / I) mod nt) for i < rows * nt * I: `rows`
