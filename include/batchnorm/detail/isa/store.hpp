@@ -137,6 +137,24 @@ inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, Index r
                       F f) noexcept {
   using S = simd::Simd<T>;
   constexpr Index W = S::lanes;
+  if (W > 1 && I % W == 0 && (!stream || simd::stream_aligned(out))) {
+    // Channels of whole vectors, on the vectors' grid: channel by channel, its constants
+    // broadcast once, no boundary inside a vector.
+    const auto pieces = [&](auto nt_stores) {
+      for (Index off = 0; off < rows * nt * I;)
+        for (Index j = 0; j < nt; ++j, off += I) {
+          const Coef<T>& a = cfs[j];
+          for (Index i = off; i < off + I; i += W) {
+            const auto v = f(S::load(x + i), HasU ? S::load(u + i) : S::zero(), a.head, a.tail, a.p, a.q, a.r);
+            if constexpr (decltype(nt_stores)::value) simd::stream<T>(out + i, v);
+            else S::store(out + i, v);
+          }
+        }
+    };
+    if (stream) pieces(std::true_type{});
+    else pieces(std::false_type{});
+    return;
+  }
   const Index n = rows * nt * I;
   Index j = 0, end = I;  // channel of the current position, and where it ends
   store_span(out, n, stream, [&](Index i, int r) {
