@@ -162,6 +162,9 @@ TEMPLATE_TEST_CASE("each traversal of the plan runs on the shapes made for it an
       {{30, 5, W}, D::Path::wide_rows, 1},
       {{20, D::kWideChannels + 3, 2 * W + 3}, D::Path::wide_rows, 1},
       {{seg_rows, 2, 1}, D::Path::lane, D::kSegments},
+      // Rows of kSegmentRowMax values: the batch splits from kStreamBytes on, not below.
+      {{D::kStreamBytes / (4 * D::kSegmentRowMax), D::kSegmentRowMax, 1}, D::Path::lane, D::kSegments},
+      {{512, D::kSegmentRowMax, 1}, D::Path::lane, 1},
       {{D::kSegments * 4, 2, D::kRowMin * 2}, D::Path::row, D::kSegments},
   };
   std::uint32_t seed = 11;

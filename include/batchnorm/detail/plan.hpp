@@ -72,12 +72,16 @@ constexpr bool rows_share_sets(Index stride) noexcept {
   return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;
 }
 
-/// Few channels (fewer than kFewChannels), or short rows (channels * inner at most
-/// kSegmentLanes), and enough values for threads: the batch is cut into kSegments segments
-/// that run on the threads instead of the channel groups; their statistics and sums merge in
-/// segment order. Otherwise 1.
-inline Index segments_of(const View& v) noexcept {
-  const bool few = v.channels < kFewChannels || v.channels * v.inner <= kSegmentLanes;
+/// Few channels (fewer than kFewChannels), short rows (channels * inner at most
+/// kSegmentLanes), or rows of at most kSegmentRowMax values in a view of kStreamBytes or more,
+/// and enough values for threads: the batch is cut into kSegments segments that run on the
+/// threads instead of the channel groups; their statistics and sums merge in segment order.
+/// Otherwise 1. From the view alone (never the thread count), so results do not depend on it.
+template <class T>
+Index segments_of(const View& v) noexcept {
+  const Index row = v.channels * v.inner;
+  const bool large = v.size() * static_cast<Index>(sizeof(T)) >= kStreamBytes;
+  const bool few = v.channels < kFewChannels || row <= kSegmentLanes || (row <= kSegmentRowMax && large);
   return few && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
 }
 
@@ -95,7 +99,7 @@ Plan make_plan(const View& v, int lanes, Pass pass) noexcept {
   const int threads = v.size() >= kParallelMin ? max_threads() : 1;
   p.parallel = threads > 1;
   p.stream = v.size() * static_cast<Index>(sizeof(T)) >= (pass == Pass::forward ? kStreamBytesForward : kStreamBytes);
-  p.segments = segments_of(v);
+  p.segments = segments_of<T>(v);
   p.exact_dx = sizeof(T) == sizeof(float) && v.count() > 0 && v.count() <= kExactDxCount;
   if (v.inner >= kRowMin || v.outer <= 1) {
     const bool short_channels = v.outer * v.inner <= kChunk;

@@ -5,6 +5,8 @@
 // on the cache sizes, not on the vector width, except where a comment says so.
 #pragma once
 
+#include <algorithm>
+
 #include "../view.hpp"
 
 BATCHNORM_BEGIN_NAMESPACE
@@ -86,8 +88,15 @@ inline constexpr Index kSegments = 8;
 /// values: rows (channels * inner) of at most this many split the batch too (a thread's share
 /// of a row would be a vector or less).
 inline constexpr Index kSegmentLanes = 64;
-/// channels: a segmented view has at most this many (the size of per-segment arrays).
-inline constexpr Index kSegmentChannels = kFewChannels - 1 > kSegmentLanes ? kFewChannels - 1 : kSegmentLanes;
+/// values: rows (channels * inner) of at most this many in a view of kStreamBytes or more
+/// split the batch too: split by channels, the threads would share every row, and an output
+/// that is not 64-byte aligned then has one cache line in every row that both threads write
+/// (measured: resnet_s3 channels-last eval, two threads, 16 bytes past a boundary, 2.2x the
+/// aligned time). Bounded by the per-segment arrays (kSegmentChannels).
+inline constexpr Index kSegmentRowMax = 256;
+/// channels: a segmented view has at most this many (the size of per-segment arrays, in A: 32
+/// KiB for double).
+inline constexpr Index kSegmentChannels = std::max({kFewChannels - 1, kSegmentLanes, kSegmentRowMax});
 
 }  // namespace detail
 BATCHNORM_END_NAMESPACE
