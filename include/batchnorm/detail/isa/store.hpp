@@ -105,11 +105,12 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
   typename S::vec c[5][extent(NV)];
   for (int m = 0; m < 5; ++m)
     for (int j = 0; j < NV; ++j) c[m][j] = L.load(k.k[m], j);
-  if constexpr (W > 1) {
-    const auto addr = reinterpret_cast<std::uintptr_t>(out);
-    if (stream && stride % W == 0 && addr % kBytes != 0 && addr % sizeof(T) == 0)
+  // Rows of whole vectors apart: all start at the same offset from the vectors' grid.
+  const bool streamable = W > 1 && stream && stride % W == 0;
+  const auto addr = reinterpret_cast<std::uintptr_t>(out);
+  if constexpr (W > 1)
+    if (streamable && addr % kBytes != 0 && addr % sizeof(T) == 0)
       return narrow_apply_shifted<T, HasU, NV>(x, u, out, stride, rows, nl, k, static_cast<int>(addr % kBytes / sizeof(T)), f);
-  }
   // One loop for each kind of store, so that the row loop carries no store decision.
   const auto rows_with = [&](auto nt_stores) {
     for (Index r = 0; r < rows; ++r) {
@@ -123,7 +124,7 @@ void narrow_apply(const T* x, const T* u, T* out, Index stride, Index rows, Inde
       }
     }
   };
-  if (W > 1 && stream && stride % W == 0 && simd::stream_aligned(out)) rows_with(std::true_type{});
+  if (streamable && addr % kBytes == 0) rows_with(std::true_type{});
   else rows_with(std::false_type{});
 }
 
@@ -141,15 +142,14 @@ inline void apply_run(const T* x, const T* u, T* out, Index I, Index nt, Index r
     // Channels of whole vectors, on the vectors' grid: channel by channel, its constants
     // broadcast once, no boundary inside a vector.
     const auto pieces = [&](auto nt_stores) {
-      for (Index off = 0; off < rows * nt * I;)
-        for (Index j = 0; j < nt; ++j, off += I) {
-          const Coef<T>& a = cfs[j];
-          for (Index i = off; i < off + I; i += W) {
-            const auto v = f(S::load(x + i), HasU ? S::load(u + i) : S::zero(), a.head, a.tail, a.p, a.q, a.r);
-            if constexpr (decltype(nt_stores)::value) simd::stream<T>(out + i, v);
-            else S::store(out + i, v);
-          }
+      for (Index piece = 0; piece < rows * nt; ++piece) {  // piece: (row, channel piece % nt)
+        const Coef<T>& a = cfs[piece % nt];
+        for (Index i = piece * I; i < (piece + 1) * I; i += W) {
+          const auto v = f(S::load(x + i), HasU ? S::load(u + i) : S::zero(), a.head, a.tail, a.p, a.q, a.r);
+          if constexpr (decltype(nt_stores)::value) simd::stream<T>(out + i, v);
+          else S::store(out + i, v);
         }
+      }
     };
     if (stream) pieces(std::true_type{});
     else pieces(std::false_type{});
