@@ -270,8 +270,9 @@ void backward_inference(const T* x, const T* dy, const View& v, Centre centre, S
         const Coef<T> cf = scale_coef(c);
         return cf.exact ? copying_coef<T>(false, false) : cf;
       };
+      TileConstants<T> tc;
       group_grad_sums(x + off, dy + off, w, wp, c0, nc, centre, s0, s1, [&](Index o0, Index rows, Index t0, Index nt) {
-        if (dx) region_apply<T, false>(dy + off, nullptr, dx + off, w, wp, o0, rows, t0, nt, vector_coef, scale_of);
+        if (dx) region_apply<T, false>(dy + off, nullptr, dx + off, w, wp, o0, rows, t0, nt, vector_coef, scale_of, tc);
       });
       if (dx)
         for (Index c = c0; c < c0 + nc; ++c)

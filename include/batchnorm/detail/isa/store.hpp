@@ -191,13 +191,32 @@ inline void apply_lane_run(const T* x, const T* u, T* out, Index n, Index nl, co
   });
 }
 
+/// The constants of the tile region_apply last set up, kept for the next region of the same
+/// tile (a group's row blocks of one tile take them once, not once a block): per lane (lane
+/// path, k's arrays of nl + W lanes, lane l >= nl repeating lane l mod nl) or per channel (wide
+/// rows).
+template <class T>
+struct TileConstants {
+  Index t0 = -1, nt = 0;
+  alignas(64) T k[5][extent(kLanes + simd::Simd<T>::lanes)];
+  Coef<T> cfs[kWideChannels];
+  /// True if the constants of channels [t0, t0 + nt) are already here; otherwise notes them as
+  /// set (the caller sets them).
+  bool holds(Index t0_, Index nt_) noexcept {
+    if (t0 == t0_ && nt == nt_) return true;
+    t0 = t0_, nt = nt_;
+    return false;
+  }
+};
+
 /// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
 /// [t0, t0 + nt), nt == 1 or a lane tile, in memory order; coef_of(c) gives the Coef<T> of
-/// channel c. Rows of a vector or more take the constants as scalars, channel by channel along
-/// each row (apply_run); shorter rows load them per lane.
+/// channel c, taken once per tile (tc keeps them between calls). Rows of a vector or more take
+/// the constants as scalars, channel by channel along each row (apply_run); shorter rows load
+/// them per lane.
 template <class T, bool HasU, class CoefOf, class F>
 void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index o0, Index rows, Index t0,
-                  Index nt, CoefOf coef_of, F f) noexcept {
+                  Index nt, CoefOf coef_of, F f, TileConstants<T>& tc) noexcept {
   const Index C = v.channels, I = v.inner;
   const bool stream = p.stream;
   if (nt == 1) {
@@ -216,8 +235,9 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   const T* ub = HasU ? u + off0 : nullptr;
   if (p.path == Path::wide_rows) {
     BATCHNORM_ASSERT(nt <= kWideChannels, "a wide-row chunk fits the constants array");
-    Coef<T> cfs[kWideChannels];
-    for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
+    Coef<T>* cfs = tc.cfs;
+    if (!tc.holds(t0, nt))
+      for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
     if (whole) return apply_run<T, HasU>(x + off0, ub, out + off0, I, nt, rows, cfs, stream, f);
     for (Index o = o0; o < o0 + rows; ++o) {
       const Index off = (o * C + t0) * I;
@@ -226,15 +246,20 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
     return;
   }
   constexpr Index W = simd::Simd<T>::lanes;
-  alignas(64) T k[5][extent(kLanes + W)];
+  auto& k = tc.k;
   const Index nl = nt * I;
   BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
-  for (Index j = 0; j < nt; ++j) {
-    const Coef<T> cf = coef_of(t0 + j);
-    for (Index i = 0; i < I; ++i) {
-      const Index l = j * I + i;
-      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+  if (!tc.holds(t0, nt)) {
+    for (Index j = 0; j < nt; ++j) {
+      const Coef<T> cf = coef_of(t0 + j);
+      for (Index i = 0; i < I; ++i) {
+        const Index l = j * I + i;
+        k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+      }
     }
+    if (nl > 0)
+      for (int m = 0; m < 5; ++m)
+        for (Index l = nl; l < nl + W; ++l) k[m][l] = k[m][l % nl];
   }
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
   // Rows of whole vectors: row by row. Otherwise, with contiguous rows, one run (per-row
@@ -247,11 +272,7 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
         narrow_apply<T, HasU, decltype(nv)::value>(x + off0, ub, out + off0, C * I, rows, nl, lanes, stream, f);
       }))
     return;
-  if (run) {
-    for (int m = 0; m < 5; ++m)
-      for (Index l = nl; l < nl + W; ++l) k[m][l] = k[m][l % nl];
-    return apply_lane_run<T, HasU>(x + off0, ub, out + off0, rows * nl, nl, lanes, stream, f);
-  }
+  if (run) return apply_lane_run<T, HasU>(x + off0, ub, out + off0, rows * nl, nl, lanes, stream, f);
   for (Index o = o0; o < o0 + rows; ++o) {
     const Index off = (o * C + t0) * I;
     apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, nl, stream, lanes, f);
@@ -263,12 +284,13 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
 template <class T, bool HasU, class CoefOf, class F>
 void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
                  F f) noexcept {
+  TileConstants<T> tc;
   if (p.row()) {
-    for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, coef_of, f);
+    for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, coef_of, f, tc);
     return;
   }
   const auto region = [&](Index o0, Index rows, Index t0, Index nt) {
-    region_apply<T, HasU>(x, u, out, v, p, o0, rows, t0, nt, coef_of, f);
+    region_apply<T, HasU>(x, u, out, v, p, o0, rows, t0, nt, coef_of, f, tc);
   };
   if (p.path == Path::wide_rows) for_each_chunk_block<T>(v, c0, nc, region);
   else for_each_block_tile(v, c0, nc, kApplyRows, region);
