@@ -19,10 +19,9 @@ void group_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan
   bool any = false;
   const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
   const auto vector_coef = [&](Index c) {
-    const Coef<T> cf = coef_of(c);
-    if (!cf.exact) return cf;
-    any = true;
-    return copy;
+    Coef<T> cf = coef_of(c);  // one named result (returned in place, no copy of the struct)
+    if (cf.exact) any = true, cf = copy;
+    return cf;
   };
   group_apply<T, HasU>(x, u, out, v, p, c0, nc, vector_coef, f);
   if (any)
@@ -267,8 +266,9 @@ void backward_inference(const T* x, const T* dy, const View& v, Centre centre, S
     } else if (sums) {
       // Channels marked exact: copied by the vector pass, then dx = dy * p in double.
       const auto vector_coef = [&](Index c) {
-        const Coef<T> cf = scale_coef(c);
-        return cf.exact ? copying_coef<T>(false, false) : cf;
+        Coef<T> cf = scale_coef(c);
+        if (cf.exact) cf = copying_coef<T>(false, false);
+        return cf;
       };
       TileConstants<T> tc;
       group_grad_sums(x + off, dy + off, w, wp, c0, nc, centre, s0, s1, [&](Index o0, Index rows, Index t0, Index nt) {
