@@ -162,10 +162,11 @@ TEMPLATE_TEST_CASE("each traversal of the plan runs on the shapes made for it an
       {{30, 5, W}, D::Path::wide_rows, 1},
       {{20, D::kWideChannels + 3, 2 * W + 3}, D::Path::wide_rows, 1},
       {{seg_rows, 2, 1}, D::Path::lane, D::kSegments},
-      // Rows of kSegmentRowMax values: the batch splits from kStreamBytes on, not below.
-      {{D::kStreamBytes / (4 * D::kSegmentRowMax), D::kSegmentRowMax, 1}, D::Path::lane, D::kSegments},
-      {{512, D::kSegmentRowMax, 1}, D::Path::lane, 1},
+      // Rows of kSegmentRowMax values split the batch; one value more, the channels.
+      {{512, D::kSegmentRowMax, 1}, D::Path::lane, D::kSegments},
+      {{512, D::kSegmentRowMax + 1, 1}, D::Path::lane, 1},
       {{D::kSegments * 4, 2, D::kRowMin * 2}, D::Path::row, D::kSegments},
+      {{D::kParallelMin / (6 * W) + 1, 2, 3 * W}, D::Path::wide_rows, D::kSegments},
   };
   std::uint32_t seed = 11;
   for (const Case& c : cases) {
@@ -175,7 +176,15 @@ TEMPLATE_TEST_CASE("each traversal of the plan runs on the shapes made for it an
     CHECK(p.path == c.path);
     CHECK(p.segments == c.segments);
     PlanLog plans;
+    static std::atomic<long> shared_tiles{0};
+    shared_tiles = 0;
+    D::shared_tile_observer = [](F::Index) { ++shared_tiles; };
     check_training<T>(c.v, 0, seed += 5);
+    D::shared_tile_observer = nullptr;
+    // Segments of the lane path or of wide rows read one set of constants, filled once for y and
+    // once for dx; row-path segments (and unsegmented views) take theirs per channel.
+    const bool row = c.path == D::Path::row || c.path == D::Path::row_short;
+    CHECK(shared_tiles == (c.segments > 1 && !row ? 2 : 0));
     REQUIRE(!PlanLog::log().empty());
     for (const auto& [ran, isa] : PlanLog::log()) {
       CHECK(isa == batchnorm::active_isa());

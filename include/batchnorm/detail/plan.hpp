@@ -72,16 +72,14 @@ constexpr bool rows_share_sets(Index stride) noexcept {
   return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;
 }
 
-/// Few channels (fewer than kFewChannels), short rows (channels * inner at most
-/// kSegmentLanes), or rows of at most kSegmentRowMax values in a view of kStreamBytes or more,
-/// and enough values for threads: the batch is cut into kSegments segments that run on the
+/// Few channels (fewer than kFewChannels) or rows of at most kSegmentRowMax values (channels *
+/// inner), and enough values for threads: the batch is cut into kSegments segments that run on the
 /// threads instead of the channel groups; their statistics and sums merge in segment order.
 /// Otherwise 1. From the view alone (never the thread count), so results do not depend on it.
 template <class T>
 Index segments_of(const View& v) noexcept {
   const Index row = v.channels * v.inner;
-  const bool large = v.size() * static_cast<Index>(sizeof(T)) >= kStreamBytes;
-  const bool few = v.channels < kFewChannels || row <= kSegmentLanes || (row <= kSegmentRowMax && large);
+  const bool few = v.channels < kFewChannels || row <= kSegmentRowMax;
   return few && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
 }
 
@@ -131,6 +129,11 @@ inline void (*plan_observer)(const Plan&, Isa) = nullptr;
 /// isa/store.hpp) through this hook (nullptr: nobody watches): called with the tile's rows,
 /// from the thread that writes them.
 inline void (*shifted_rows_observer)(Index rows) = nullptr;
+
+/// Tests see the elementwise passes of segmented views whose segments all read one set of tile
+/// constants, filled once (segments_apply_exact in isa/drivers.hpp), through this hook (nullptr:
+/// nobody watches): called once per such pass with the tile's channels, from the calling thread.
+inline void (*shared_tile_observer)(Index channels) = nullptr;
 
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

@@ -194,20 +194,48 @@ inline void apply_lane_run(const T* x, const T* u, T* out, Index n, Index nl, co
 /// The constants of the tile region_apply last set up, kept for the next region of the same
 /// tile (a group's row blocks of one tile take them once, not once a block): per lane (lane
 /// path, k's arrays of nl + W lanes, lane l >= nl repeating lane l mod nl) or per channel (wide
-/// rows).
+/// rows). A `frozen` set is filled once for the segments of a view (segments_apply_exact) and
+/// read by all of them, on the threads: it is never refilled.
 template <class T>
 struct TileConstants {
   Index t0 = -1, nt = 0;
+  bool frozen = false;
   alignas(64) T k[5][extent(kLanes + simd::Simd<T>::lanes)];
   Coef<T> cfs[kWideChannels];
   /// True if the constants of channels [t0, t0 + nt) are already here; otherwise notes them as
-  /// set (the caller sets them).
+  /// set (the caller fills them: fill_tile).
   bool holds(Index t0_, Index nt_) noexcept {
     if (t0 == t0_ && nt == nt_) return true;
+    BATCHNORM_ASSERT(!frozen, "a frozen tile is read, never refilled");
     t0 = t0_, nt = nt_;
     return false;
   }
 };
+
+/// Fills tc with the constants of channels [t0, t0 + nt) (inner I) for a pass on `path`:
+/// Coefs per channel (wide rows), or the five lane arrays (lane path).
+template <class T, class CoefOf>
+void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, CoefOf coef_of) noexcept {
+  if (path == Path::wide_rows) {
+    BATCHNORM_ASSERT(nt <= kWideChannels, "a wide-row chunk fits the constants array");
+    for (Index j = 0; j < nt; ++j) tc.cfs[j] = coef_of(t0 + j);
+    return;
+  }
+  constexpr Index W = simd::Simd<T>::lanes;
+  auto& k = tc.k;
+  const Index nl = nt * I;
+  BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
+  for (Index j = 0; j < nt; ++j) {
+    const Coef<T> cf = coef_of(t0 + j);
+    for (Index i = 0; i < I; ++i) {
+      const Index l = j * I + i;
+      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+    }
+  }
+  if (nl > 0)
+    for (int m = 0; m < 5; ++m)
+      for (Index l = nl; l < nl + W; ++l) k[m][l] = k[m][l % nl];
+}
 
 /// out = f(x, u, constants of the value's channel) over rows [o0, o0 + rows) of channels
 /// [t0, t0 + nt), nt == 1 or a lane tile, in memory order; coef_of(c) gives the Coef<T> of
@@ -235,9 +263,8 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   const T* ub = HasU ? u + off0 : nullptr;
   if (p.path == Path::wide_rows) {
     BATCHNORM_ASSERT(nt <= kWideChannels, "a wide-row chunk fits the constants array");
-    Coef<T>* cfs = tc.cfs;
-    if (!tc.holds(t0, nt))
-      for (Index j = 0; j < nt; ++j) cfs[j] = coef_of(t0 + j);
+    if (!tc.holds(t0, nt)) fill_tile(tc, p.path, I, t0, nt, coef_of);
+    const Coef<T>* cfs = tc.cfs;
     if (whole) return apply_run<T, HasU>(x + off0, ub, out + off0, I, nt, rows, cfs, stream, f);
     for (Index o = o0; o < o0 + rows; ++o) {
       const Index off = (o * C + t0) * I;
@@ -246,21 +273,9 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
     return;
   }
   constexpr Index W = simd::Simd<T>::lanes;
-  auto& k = tc.k;
+  const auto& k = tc.k;
   const Index nl = nt * I;
-  BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
-  if (!tc.holds(t0, nt)) {
-    for (Index j = 0; j < nt; ++j) {
-      const Coef<T> cf = coef_of(t0 + j);
-      for (Index i = 0; i < I; ++i) {
-        const Index l = j * I + i;
-        k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
-      }
-    }
-    if (nl > 0)
-      for (int m = 0; m < 5; ++m)
-        for (Index l = nl; l < nl + W; ++l) k[m][l] = k[m][l % nl];
-  }
+  if (!tc.holds(t0, nt)) fill_tile(tc, p.path, I, t0, nt, coef_of);
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
   // Rows of whole vectors: row by row. Otherwise, with contiguous rows, one run (per-row
   // partial vectors next to non-temporal stores cost several times the pass), unless the
@@ -281,10 +296,12 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
 
 /// out = f(x, u, coefficients of the value's channel) over the channels of a group: channel by
 /// channel on the row path, row blocks of lane tiles in memory order on the lane path.
+/// shared: the constants of the group's one tile, filled beforehand (frozen), or null.
 template <class T, bool HasU, class CoefOf, class F>
 void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
-                 F f) noexcept {
-  TileConstants<T> tc;
+                 F f, TileConstants<T>* shared = nullptr) noexcept {
+  TileConstants<T> own;
+  TileConstants<T>& tc = shared ? *shared : own;
   if (p.row()) {
     for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, coef_of, f, tc);
     return;
