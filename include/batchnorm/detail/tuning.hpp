@@ -85,8 +85,8 @@ inline constexpr Index kFewChannels = 4;
 /// segments: the batch splits into this many (fixed by the view, never by the thread count, so
 /// results are the same for any number of threads).
 inline constexpr Index kSegments = 8;
-/// values: a lane tile that is a whole row splits its channels among the threads only when the
-/// row holds at least this many values a thread (less would be a vector or less each).
+/// values: a lane view of fewer tiles than threads splits its channels among the threads only
+/// when its rows hold at least this many values a thread (less would be a vector or less each).
 inline constexpr Index kSegmentLanes = 64;
 /// values: rows (channels * inner) of at most this many split the batch too: split by channels,
 /// the threads would share every row, and each core's L2 prefetcher then pulls in the lines the

@@ -30,9 +30,11 @@ void group_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan
 }
 
 /// group_apply_exact over the batch segments of a segmented view, on the threads. Every segment
-/// has all C channels and the same inner, so, unless a segment takes the row path (one row),
-/// they all use one tile: its constants are filled once, before the segments, and read by all
-/// of them (filled per segment, they cost a third of an in-cache pass: channels-last
+/// has all C channels and the same inner, so segments of the lane path or of wide rows use the
+/// same tiles; when that is one tile ((0, C): C * inner values fit a lane tile, or at most
+/// kWideChannels channels of wide rows), its constants are filled once, before the segments,
+/// and read by all of them (a segment of one row, or rows of kRowMin or more, takes the row
+/// path and its constants per channel) (filled per segment, they cost a third of an in-cache pass: channels-last
 /// 16x8x8x256 eval on one thread, 0.064 -> 0.051 ms). The
 /// channels marked exact are found first (no segment writes a shared flag), then computed in
 /// double over the whole view.
@@ -259,7 +261,8 @@ void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, I
   group_apply_exact<T, true>(x, dy, dx, v, p, c0, nc, dx_coef, dx_of);
 }
 
-/// dx of every channel (group_dx): over the groups of the plan, or its batch segments.
+/// dx of every channel: group_dx over the groups of the plan; over its batch segments,
+/// segments_apply_exact (or group_dx per segment when the channels' dx is taken in double).
 template <class T, class DxCoef>
 void dx_pass(const T* x, const T* dy, const View& v, const DxCoef& dx_coef, T* dx) noexcept {
   const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
