@@ -7,11 +7,25 @@
 BATCHNORM_BEGIN_NAMESPACE
 namespace detail {
 
+/// The factors of Chan, Golub and LeVeque's (1979) merge of a set of nb values into one of na
+/// (na, nb > 0; n = na + nb):
+///   delta = mean_b - mean_a,  mean = mean_a + delta * f1,  M2 = M2_a + M2_b + delta^2 * f2,
+///   f1 = nb / n,  f2 = na * nb / n.
+/// Taken once where many channels merge sets of the same counts; apply() is the merge.
+template <class A>
+struct ChanFactors {
+  A f1, f2;
+  ChanFactors(A na, A nb) noexcept : f1(nb / (na + nb)), f2(na * nb / (na + nb)) {}
+  void apply(A& mean, A& m2, A mean_b, A m2_b) const noexcept {
+    const A delta = mean_b - mean;
+    mean += delta * f1;
+    m2 += m2_b + delta * delta * f2;
+  }
+};
+
 /// Count, mean and M2 = sum (x - mean)^2 of a set of values. merge() combines two disjoint sets
-/// exactly as Chan, Golub and LeVeque (1979):
-///   n = na + nb,  delta = mean_b - mean_a,
-///   mean = mean_a + delta * nb / n,  M2 = M2_a + M2_b + delta^2 * na * nb / n.
-/// Merging an empty set (nb == 0) changes nothing; merging into an empty set copies.
+/// exactly (ChanFactors). Merging an empty set (nb == 0) changes nothing; merging into an empty
+/// set copies.
 template <class A>
 struct Moments {
   A n = 0, mean = 0, m2 = 0;
@@ -22,11 +36,8 @@ struct Moments {
       n = nb, mean = mean_b, m2 = m2_b;
       return;
     }
-    const A n_ab = n + nb;
-    const A delta = mean_b - mean;
-    mean += delta * (nb / n_ab);
-    m2 += m2_b + delta * delta * (n * nb / n_ab);
-    n = n_ab;
+    ChanFactors<A>(n, nb).apply(mean, m2, mean_b, m2_b);
+    n += nb;
   }
 };
 

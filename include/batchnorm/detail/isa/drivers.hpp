@@ -10,64 +10,59 @@ inline void observe(const Plan& p) noexcept {
   if (plan_observer) plan_observer(p, kIsa);
 }
 
-/// group_apply, with the channels whose constants say `exact` (Coef::exact) computed in double
-/// afterwards (exact_apply): the vector pass copies the input that out aliases for them, so the
-/// exact pass reads the inputs intact.
-template <class T, bool HasU, class CoefOf, class F>
-void group_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc,
-                       CoefOf coef_of, F f) noexcept {
-  bool any = false;
-  const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
-  const auto vector_coef = [&](Index c) {
+/// coef_of(c), with the constants that copy the input (copying_coef) in place of those of a
+/// channel marked exact, whose values an exact pass computes afterwards; `any` notes such a
+/// channel.
+template <class T, class CoefOf>
+auto vector_coefs(const CoefOf& coef_of, const Coef<T>& copy, bool& any) noexcept {
+  return [&coef_of, &copy, &any](Index c) {
     Coef<T> cf = coef_of(c);  // one named result (returned in place, no copy of the struct)
     if (cf.exact) any = true, cf = copy;
     return cf;
   };
-  group_apply<T, HasU>(x, u, out, v, p, c0, nc, vector_coef, f);
+}
+
+/// group_apply, with the channels whose constants say `exact` (Coef::exact) computed in double
+/// afterwards (exact_apply): the vector pass copies the input that out aliases for them, so the
+/// exact pass reads the inputs intact. shared: the group's one tile of constants, filled
+/// beforehand (segments_apply_exact), or null.
+template <class T, bool HasU, class CoefOf, class F>
+void group_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc,
+                       CoefOf coef_of, F f, TileConstants<T>* shared = nullptr) noexcept {
+  bool any = shared && shared->exact;
+  const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
+  group_apply<T, HasU>(x, u, out, v, p, c0, nc, vector_coefs<T>(coef_of, copy, any), f, shared);
   if (any)
     for (Index c = c0; c < c0 + nc; ++c)
       if (const Coef<T> cf = coef_of(c); cf.exact) exact_apply(x, HasU ? u : nullptr, out, v, c, cf);
 }
 
 /// group_apply_exact over the batch segments of a segmented view, on the threads. Every segment
-/// has all C channels and the same inner, so segments of the lane path or of wide rows use the
-/// same tiles; when that is one tile ((0, C): C * inner values fit a lane tile, or at most
+/// has all C channels and the same inner, so the segments of the lane path or of wide rows use
+/// the same tiles. When that is one tile ((0, C): C * inner values fit a lane tile, or at most
 /// kWideChannels channels of wide rows), its constants are filled once, before the segments,
-/// and read by all of them (a segment of one row, or rows of kRowMin or more, takes the row
-/// path and its constants per channel) (filled per segment, they cost a third of an in-cache pass: channels-last
-/// 16x8x8x256 eval on one thread, 0.064 -> 0.051 ms). The
-/// channels marked exact are found first (no segment writes a shared flag), then computed in
-/// double over the whole view.
+/// and read by all of them (filled per segment, they cost a third of an in-cache pass:
+/// channels-last 16x8x8x256 eval on one thread, 0.064 -> 0.051 ms). A segment of one row, or
+/// rows of kRowMin values or more, takes the row path and its constants per channel.
 template <class T, bool HasU, class CoefOf, class F>
 void segments_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan& p, CoefOf coef_of,
                           F f) noexcept {
-  bool any = false;
-  for (Index c = 0; c < v.channels; ++c) any = any || coef_of(c).exact;
-  const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
-  const auto vector_coef = [&](Index c) {
-    Coef<T> cf = coef_of(c);
-    if (cf.exact) cf = copy;
-    return cf;
-  };
-  // The tile of a segment of the lane path or of wide rows: channels [0, C) if they fit one.
   const Path path = v.inner >= p.lanes ? Path::wide_rows : Path::lane;
   const bool one_tile = v.inner < kRowMin && (path == Path::wide_rows ? v.channels <= kWideChannels
                                                                       : tile_channels(v) >= v.channels);
   TileConstants<T> shared;
   if (one_tile) {
+    const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
     shared.holds(0, v.channels);
-    fill_tile(shared, path, v.inner, 0, v.channels, vector_coef);
+    fill_tile(shared, path, v.inner, 0, v.channels, vector_coefs<T>(coef_of, copy, shared.exact));
     shared.frozen = true;
     if (shared_tile_observer) shared_tile_observer(v.channels);
   }
   for_each_segment<T>(v, p, [&](Index, const View& sub, const Plan& sp, Index off) {
     BATCHNORM_ASSERT(!one_tile || sp.row() || sp.path == path, "segments take the path of the whole");
-    group_apply<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, sub, sp, 0, sub.channels, vector_coef, f,
-                         one_tile && !sp.row() ? &shared : nullptr);
+    group_apply_exact<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, sub, sp, 0, sub.channels, coef_of, f,
+                               one_tile && !sp.row() ? &shared : nullptr);
   });
-  if (any)
-    for (Index c = 0; c < v.channels; ++c)
-      if (const Coef<T> cf = coef_of(c); cf.exact) exact_apply(x, HasU ? u : nullptr, out, v, c, cf);
 }
 
 /// Mean and M2 of the channels [c0, c0 + nc) of a group into mean[0..nc), m2[0..nc), by the
@@ -114,24 +109,16 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
     for_each_segment<T>(v, p, [&](Index s, const View& sub, const Plan& sp, Index off) {
       group_moments(x + off, sub, sp, 0, sub.channels, sm[s], s2[s]);
     });
-    // Moments<A>::merge of the segments in order, its factors taken once per segment (every
-    // channel has the same counts): f1 = nb / n_ab, f2 = n * nb / n_ab. Segments hold a row or
-    // more (outer >= kSegments), so they are empty only with the view (inner == 0).
-    A f1[kSegments] = {}, f2[kSegments] = {};
-    A n = 0;
-    for (Index s = 0; s < p.segments; ++s) {
-      const A nb = static_cast<A>(segment_count(v, p.segments, s)), n_ab = n + nb;
-      if (nb > 0 && n > 0) f1[s] = nb / n_ab, f2[s] = n * nb / n_ab;
-      n = n_ab;
-    }
-    for (Index c = 0; c < v.channels; ++c) {
-      A cm = sm[0][c], c2 = s2[0][c];
-      for (Index s = 1; s < p.segments; ++s) {
-        const A delta = sm[s][c] - cm;
-        cm += delta * f1[s];
-        c2 += s2[s][c] + delta * delta * f2[s];
-      }
-      mean[c] = cm, m2[c] = c2;
+    // The segments merge in order (Moments::merge), with factors taken once per segment: every
+    // channel has the same counts. A segment holds a row or more (outer >= kSegments), and a
+    // segmented view has kParallelMin values or more, so no segment is empty.
+    for (Index c = 0; c < v.channels; ++c) mean[c] = sm[0][c], m2[c] = s2[0][c];
+    A n = static_cast<A>(segment_count(v, p.segments, 0));
+    for (Index s = 1; s < p.segments; ++s) {
+      const A nb = static_cast<A>(segment_count(v, p.segments, s));
+      const ChanFactors<A> merge(n, nb);
+      for (Index c = 0; c < v.channels; ++c) merge.apply(mean[c], m2[c], sm[s][c], s2[s][c]);
+      n += nb;
     }
     return;
   }
@@ -321,16 +308,14 @@ void backward_inference(const T* x, const T* dy, const View& v, Centre centre, S
       group_apply_exact<T, false>(dy + off, nullptr, dx + off, w, wp, c0, nc, scale_coef, scale_of);
     } else if (sums) {
       // Channels marked exact: copied by the vector pass, then dx = dy * p in double.
-      const auto vector_coef = [&](Index c) {
-        Coef<T> cf = scale_coef(c);
-        if (cf.exact) cf = copying_coef<T>(false, false);
-        return cf;
-      };
+      bool any = false;
+      const Coef<T> copy = copying_coef<T>(false, false);
+      const auto vector_coef = vector_coefs<T>(scale_coef, copy, any);
       TileConstants<T> tc;
       group_grad_sums(x + off, dy + off, w, wp, c0, nc, centre, s0, s1, [&](Index o0, Index rows, Index t0, Index nt) {
         if (dx) region_apply<T, false>(dy + off, nullptr, dx + off, w, wp, o0, rows, t0, nt, vector_coef, scale_of, tc);
       });
-      if (dx)
+      if (dx && any)
         for (Index c = c0; c < c0 + nc; ++c)
           if (const Coef<T> cf = scale_coef(c); cf.exact) exact_apply(dy + off, static_cast<const T*>(nullptr), dx + off, w, c, cf);
     } else if (dx) {

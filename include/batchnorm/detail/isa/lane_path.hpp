@@ -143,19 +143,16 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
     });
     for (Index l = 0; l < nl; ++l) bm2[l] = m2_about_mean(bm2[l], a_rows, bu[l]);
     fold_lanes(nt, I, rows, bsum, bm2);
-    const A nb = static_cast<A>(rows * I), n_ab = n + nb, f1 = nb / n_ab, f2 = n * nb / n_ab;
+    const A nb = static_cast<A>(rows * I);
     A* cm = mean + (t0 - c0);
     A* c2 = m2 + (t0 - c0);
     if (n == 0) {
       for (Index k = 0; k < nt; ++k) cm[k] = bsum[k], c2[k] = bm2[k];
     } else {
-      for (Index k = 0; k < nt; ++k) {
-        const A delta = bsum[k] - cm[k];
-        cm[k] += delta * f1;
-        c2[k] += bm2[k] + delta * delta * f2;
-      }
+      const ChanFactors<A> merge(n, nb);
+      for (Index k = 0; k < nt; ++k) merge.apply(cm[k], c2[k], bsum[k], bm2[k]);
     }
-    if (t0 + nt == c0 + nc) n = n_ab;  // the block is done for every tile
+    if (t0 + nt == c0 + nc) n += nb;  // the block is done for every tile
   });
   if (v.outer > 0 && I > 0)
     for (Index k = 0; k < nc; ++k) mean[k] += static_cast<A>(x[(c0 + k) * I]);

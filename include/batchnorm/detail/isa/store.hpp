@@ -200,6 +200,7 @@ template <class T>
 struct TileConstants {
   Index t0 = -1, nt = 0;
   bool frozen = false;
+  bool exact = false;  // set by a filler whose coef_of marks a channel exact (vector_coefs)
   alignas(64) T k[5][extent(kLanes + simd::Simd<T>::lanes)];
   Coef<T> cfs[kWideChannels];
   /// True if the constants of channels [t0, t0 + nt) are already here; otherwise notes them as
@@ -261,9 +262,8 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   const bool whole = t0 == 0 && nt == C;
   const Index off0 = (o0 * C + t0) * I;
   const T* ub = HasU ? u + off0 : nullptr;
+  if (!tc.holds(t0, nt)) fill_tile(tc, p.path, I, t0, nt, coef_of);
   if (p.path == Path::wide_rows) {
-    BATCHNORM_ASSERT(nt <= kWideChannels, "a wide-row chunk fits the constants array");
-    if (!tc.holds(t0, nt)) fill_tile(tc, p.path, I, t0, nt, coef_of);
     const Coef<T>* cfs = tc.cfs;
     if (whole) return apply_run<T, HasU>(x + off0, ub, out + off0, I, nt, rows, cfs, stream, f);
     for (Index o = o0; o < o0 + rows; ++o) {
@@ -275,7 +275,6 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   constexpr Index W = simd::Simd<T>::lanes;
   const auto& k = tc.k;
   const Index nl = nt * I;
-  if (!tc.holds(t0, nt)) fill_tile(tc, p.path, I, t0, nt, coef_of);
   const LaneCoefs<T> lanes{{k[0], k[1], k[2], k[3], k[4]}};
   // Rows of whole vectors: row by row. Otherwise, with contiguous rows, one run (per-row
   // partial vectors next to non-temporal stores cost several times the pass), unless the
