@@ -273,6 +273,67 @@ TEMPLATE_TEST_CASE("empty channels give zero moments and zero sums, reading noth
   }
 }
 
+TEMPLATE_TEST_CASE("lane statistics: one pass about the mean so far, two passes where a block's mean moved",
+                   "[dispatch][one_pass]", float, double) {
+  using T = TestType;
+  // Channels by c % 3: 1e4 + N(0, 0.1) (|mean| / std = 1e5), N(0, 1), and a step from about 0
+  // to about 1e3 halfway through the batch (every block after the step has a mean far from the
+  // mean before it). The one pass must run on the first two kinds and be declined, lane by
+  // lane, on the third; the statistics are the reference's either way, and a channel's result
+  // does not depend on its neighbours' being declined.
+  static std::atomic<long> lanes{0}, redone{0};
+  const auto watch = [] {
+    lanes = 0, redone = 0;
+    D::one_pass_observer = [](F::Index l, F::Index r) { lanes += static_cast<long>(l), redone += static_cast<long>(r); };
+  };
+  const F::Index W = active_lanes<T>();
+  REQUIRE(W >= 2);
+  for (const View v : {View{3000, 3, 1}, View{1500, 40, 1}, View{700, 3, W - 1}, View{400, 5, std::max<F::Index>(1, W / 2 - 1)}}) {
+    INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << "), W " << W);
+    REQUIRE(D::make_plan<T>(v, static_cast<int>(W), D::Pass::forward).path == D::Path::lane);
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto noise = normal_values<T>(n, 0.0, 1.0, 503);
+    const auto make = [&](bool step) {
+      std::vector<T> x(n);
+      for (F::Index o = 0; o < v.outer; ++o)
+        for (F::Index c = 0; c < v.channels; ++c)
+          for (F::Index i = 0; i < v.inner; ++i) {
+            const auto at = static_cast<std::size_t>((o * v.channels + c) * v.inner + i);
+            const double e = static_cast<double>(noise[at]);
+            x[at] = static_cast<T>(c % 3 == 0 ? 1e4 + 0.1 * e : c % 3 == 1 || !step ? e : (2 * o >= v.outer ? 1e3 : 0.0) + e);
+          }
+      return x;
+    };
+    std::vector<Acc<T>> mean(static_cast<std::size_t>(v.channels)), m2(mean), mean2(mean), m22(mean);
+    const auto x = make(true);
+    watch();
+    F::batch_moments(x.data(), v, mean.data(), m2.data());
+    D::one_pass_observer = nullptr;
+    CHECK(lanes > 0);
+    CHECK(redone > 0);
+    CHECK(redone < lanes);
+    const auto ref = naive_batch_norm(x, std::vector<T>(n, T(0)), v, true, std::vector<T>(mean.size(), T(1)),
+                                      std::vector<T>(mean.size(), T(0)), 1e-5);
+    const auto m = static_cast<double>(v.count());
+    for (std::size_t c = 0; c < mean.size(); ++c) {
+      INFO("channel " << c);
+      const double sd = std::sqrt(static_cast<double>(ref.var[c]));
+      CHECK(std::abs(static_cast<double>(mean[c]) - static_cast<double>(ref.mean[c])) <= naive_tol<T>() * sd);
+      CHECK(std::abs(static_cast<double>(m2[c]) / m - static_cast<double>(ref.var[c])) <=
+            naive_tol<T>() * static_cast<double>(ref.var[c]));
+    }
+    // Without the steps nothing is declined, and the other channels are bitwise the same.
+    const auto x2 = make(false);
+    watch();
+    F::batch_moments(x2.data(), v, mean2.data(), m22.data());
+    D::one_pass_observer = nullptr;
+    CHECK(lanes > 0);
+    CHECK(redone == 0);
+    for (std::size_t c = 0; c < mean.size(); ++c)
+      if (c % 3 != 2) CHECK((mean2[c] == mean[c] && m22[c] == m2[c]));
+  }
+}
+
 TEST_CASE("float statistics beyond float's range are exact: no overflow or underflow of partial sums",
           "[dispatch][range]") {
   // {1e30, -1e30, 2e30, -2e30}: the deviations square past float's range.

@@ -135,5 +135,11 @@ inline void (*shifted_rows_observer)(Index rows) = nullptr;
 /// nobody watches): called once per such pass with the tile's channels, from the calling thread.
 inline void (*shared_tile_observer)(Index channels) = nullptr;
 
+/// Tests see the lane path's one-pass statistics (lane_moments in isa/lane_path.hpp) through
+/// this hook (nullptr: nobody watches): called for each tile of a row block after a channel's
+/// first with its lanes and how many of them were two-passed again (the one pass declined),
+/// from the thread that sums them.
+inline void (*one_pass_observer)(Index lanes, Index redone) = nullptr;
+
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

@@ -29,7 +29,7 @@ inline constexpr Index kChunk = 2048;
 inline constexpr Index kShortGroupBytes = 1 << 14;
 
 // --- Lane path (lane_path.hpp) ---------------------------------------------------------------
-/// rows: a statistics block of the lane path (two passes over it from L2): at least kBlockRows,
+/// rows: a statistics block of the lane path (one pass, or two from L2): at least kBlockRows,
 /// at most kBlockRowsMax, about kBlockBytes of a full tile in between; more rows amortise the
 /// per-lane work of a block.
 inline constexpr Index kBlockRows = 64;

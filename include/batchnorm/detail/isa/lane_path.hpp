@@ -76,6 +76,40 @@ void lane_centred_sums(const T* x, Index stride, Index rows, Index nl, const T* 
   }
 }
 
+/// Per-lane one-pass moment sums of `rows` rows (stride apart) of nl lanes about c[l], in A:
+///   s1[l] = sum_r (x[r][l] - c[l]),   s2[l] = sum_r (x[r][l] - c[l])^2
+/// In strips of at most kGradStripVectors vectors, each summed over all the rows in registers:
+/// s1 in Simd::prod (float: in double from the first term, x - c exact, as lane_centred_sums),
+/// s2 in T over kFlush rows at a time, added to A sums. Rows in order, one product per addition
+/// (as strip_sums): a lane's sums never depend on its strip.
+template <class T>
+void lane_moment_sums(const T* x, Index stride, Index rows, Index nl, const T* c, accum_t<T>* s1,
+                      accum_t<T>* s2) noexcept {
+  using S = simd::Simd<T>;
+  for_each_strip<T, kGradStripVectors>(nl, [&](Index l0, const auto& L) {
+    constexpr int NV = std::decay_t<decltype(L)>::vectors;
+    typename S::prod t1[extent(NV)];
+    typename S::vec t2[extent(NV)], cv[extent(NV)];
+    RegisterSums<T, NV> w1, w2;
+    for (int j = 0; j < NV; ++j) t1[j] = S::prod_zero(), cv[j] = L.load(c + l0, j);
+    for (Index r0 = 0; r0 < rows; r0 += kFlush) {
+      const Index r1 = std::min(rows, r0 + kFlush);
+      for (int j = 0; j < NV; ++j) t2[j] = S::zero();
+      for (Index r = r0; r < r1; ++r)
+        for (int j = 0; j < NV; ++j) {
+          const auto xv = L.load(x + r * stride + l0, j);
+          const auto d = xv - cv[j];
+          S::centred_add(t1[j], xv, cv[j]);
+          t2[j] += d * d;
+        }
+      w2.add(t2);
+    }
+    w1.add_prod(t1);
+    const Index n = (NV - 1) * S::lanes + L.last;
+    w1.store(s1 + l0, n), w2.store(s2 + l0, n);
+  });
+}
+
 /// Merges, per channel k < nt, its I lanes of `rows` values each (lane moments bmean, bm2 at
 /// k*I + i) into one set of rows*I values: sequentially, lane i joining i lanes, with Chan's
 /// factors shared by all channels (f1 = 1/(i+1), f2 = i*rows/(i+1)). Result in bmean[k], bm2[k].
@@ -99,16 +133,23 @@ void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
 }
 
 /// Lane path: mean and M2 of channels [c0, c0 + nc) into mean[0..nc), m2[0..nc), streaming row
-/// blocks of kBlockRows to kBlockRowsMax rows. Per
-/// tile of a block, each lane is two-passed (shifted by the block's first row); the lanes of a channel merge into
-/// its block moments, which merge into the channel's running moments (every channel has the same
-/// count, so the Chan factors are shared). Means are merged relative to each channel's first
-/// value, as in channel_moments. Empty channels (inner == 0 or outer == 0) are the caller's.
+/// blocks of kBlockRows to kBlockRowsMax rows. Per tile of a block, each lane's moments come
+/// from one pass about its channel's mean so far, c (rounded to T), where that is accurate:
+///   s1 = sum (x - c),  s2 = sum (x - c)^2,  mean = c + s1 / n,  M2 = s2 - s1^2 / n
+/// taken when s1^2 / n <= M2 (the lane's block mean within one standard deviation of c, as
+/// chunk_moments_about); otherwise, and in the first block, the lane is two-passed (shifted by
+/// the block's first row) from cache. The decision is per lane, so a lane's result never
+/// depends on its tile. The lanes of a channel merge into its block moments, which merge into
+/// the channel's running moments (every channel has the same count, so the Chan factors are
+/// shared). Means are merged relative to each channel's first value, as in channel_moments.
+/// Empty channels (inner == 0 or outer == 0) are the caller's.
 template <class T, class A>
 void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2) noexcept {
   const Index I = v.inner, stride = v.channels * I;
   alignas(64) T shift[kLanes], head[kLanes];
   alignas(64) A bsum[kLanes], bm2[kLanes], bu[kLanes];
+  alignas(64) A tsum[kLanes], tm2[kLanes];
+  bool redo[kLanes];
   for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
   A n = 0;  // values merged so far, per channel
   // Rows per block: about kBlockBytes of a full tile (more rows amortise the per-lane work of a
@@ -119,33 +160,60 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
     const Index nl = nt * I;
     BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the lane arrays");
     const T* blk = x + (o0 * v.channels + t0) * I;
-    for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
-    lane_centred_sums(blk, stride, rows, nl, shift, bsum);
-    // Block means per lane, relative to the first value of the lane's channel (x[(t0 + k) * I]).
     const A a_rows = static_cast<A>(rows);
-    const auto block_mean = [&](Index l, A origin) {
-      const A rel = (static_cast<A>(shift[l]) - origin) + bsum[l] / a_rows;
-      const A bmean = origin + rel;
-      bsum[l] = rel;
-      head[l] = static_cast<T>(bmean);
-      bu[l] = bmean - static_cast<A>(head[l]);
-    };
-    if (I == 1) {  // a flat loop the compiler vectorizes
-      const T* x0 = x + t0;
-      for (Index l = 0; l < nl; ++l) block_mean(l, static_cast<A>(x0[l]));
-    } else {
-      for (Index k = 0; k < nt; ++k)
-        for (Index i = 0; i < I; ++i) block_mean(k * I + i, static_cast<A>(x[(t0 + k) * I]));
-    }
-    lane_sums(blk, stride, rows, nl, head, bm2, [](auto xv, auto h) {
-      const auto e = xv - h;
-      return e * e;
-    });
-    for (Index l = 0; l < nl; ++l) bm2[l] = m2_about_mean(bm2[l], a_rows, bu[l]);
-    fold_lanes(nt, I, rows, bsum, bm2);
-    const A nb = static_cast<A>(rows * I);
     A* cm = mean + (t0 - c0);
     A* c2 = m2 + (t0 - c0);
+    // f(l, k, origin) for each lane l of the tile, k its channel in the tile, origin the first
+    // value of that channel, x[(t0 + k) * I] (inner == 1: a flat loop the compiler vectorizes).
+    const auto each_lane = [&](auto f) {
+      if (I == 1) {
+        const T* x0 = x + t0;
+        for (Index l = 0; l < nl; ++l) f(l, l, static_cast<A>(x0[l]));
+      } else {
+        for (Index k = 0; k < nt; ++k) {
+          const A o = static_cast<A>(x[(t0 + k) * I]);
+          for (Index i = 0; i < I; ++i) f(k * I + i, k, o);
+        }
+      }
+    };
+    // Two passes over the block of every lane, into (rel, m2): rel = block mean - origin.
+    const auto two_pass = [&](A* rel, A* bm) {
+      for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
+      lane_centred_sums(blk, stride, rows, nl, shift, rel);
+      each_lane([&](Index l, Index, A o) {
+        const A r = (static_cast<A>(shift[l]) - o) + rel[l] / a_rows, bmean = o + r;
+        rel[l] = r;
+        head[l] = static_cast<T>(bmean);
+        bu[l] = bmean - static_cast<A>(head[l]);
+      });
+      lane_sums(blk, stride, rows, nl, head, bm, [](auto xv, auto h) {
+        const auto e = xv - h;
+        return e * e;
+      });
+      for (Index l = 0; l < nl; ++l) bm[l] = m2_about_mean(bm[l], a_rows, bu[l]);
+    };
+    if (n == 0) {
+      two_pass(bsum, bm2);
+    } else {
+      each_lane([&](Index l, Index k, A o) { head[l] = static_cast<T>(o + cm[k]); });
+      lane_moment_sums(blk, stride, rows, nl, head, bsum, bm2);
+      Index redone = 0;
+      each_lane([&](Index l, Index, A o) {
+        const A s1 = bsum[l], cross = s1 * (s1 / a_rows), m2_c = bm2[l] - cross;
+        redo[l] = !(cross <= m2_c);
+        redone += redo[l];
+        bsum[l] = (static_cast<A>(head[l]) - o) + s1 / a_rows;
+        bm2[l] = m2_c;
+      });
+      if (one_pass_observer) one_pass_observer(nl, redone);
+      if (redone > 0) {
+        two_pass(tsum, tm2);
+        for (Index l = 0; l < nl; ++l)
+          if (redo[l]) bsum[l] = tsum[l], bm2[l] = tm2[l];
+      }
+    }
+    fold_lanes(nt, I, rows, bsum, bm2);
+    const A nb = static_cast<A>(rows * I);
     if (n == 0) {
       for (Index k = 0; k < nt; ++k) cm[k] = bsum[k], c2[k] = bm2[k];
     } else {
