@@ -373,6 +373,50 @@ TEST_CASE("float statistics beyond float's range are exact: no overflow or under
   }
 }
 
+TEST_CASE("double statistics near double's range: a one-pass sum of squares that overflows is declined",
+          "[dispatch][range]") {
+  // A channel of nb zeros, then nb values b + a, b - a, ... (nb a block of the lane path, a
+  // chunk of the row path), with nb b^2 = 0.9 DBL_MAX and nb a^2 = 0.2 DBL_MAX: summed in one
+  // pass about the mean so far (0), the second block's cross term s1^2 / nb = nb b^2 is finite
+  // but its squares, nb (a^2 + b^2), overflow, while the exact M2, nb a^2 + nb b^2 / 2, is
+  // finite; double has no exact redo, so the one pass must decline.
+  const double big = std::numeric_limits<double>::max();
+  struct Case {
+    View v;
+    F::Index nb;
+  };
+  for (const Case& c : {Case{View{512, 3, 1}, 256}, Case{View{1, 3, 2 * D::kChunk}, D::kChunk}}) {
+    const View v = c.v;
+    INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << ")");
+    const double b = std::sqrt(big / static_cast<double>(c.nb) * 0.9), a = std::sqrt(big / static_cast<double>(c.nb) * 0.2);
+    std::vector<double> x(static_cast<std::size_t>(v.size()));
+    for (F::Index o = 0; o < v.outer; ++o)
+      for (F::Index ch = 0; ch < v.channels; ++ch)
+        for (F::Index i = 0; i < v.inner; ++i) {
+          const F::Index j = o * v.inner + i;  // position within the channel
+          x[static_cast<std::size_t>((o * v.channels + ch) * v.inner + i)] =
+              j < c.nb ? 0.0 : b + (j % 2 == 0 ? a : -a);
+        }
+    std::vector<double> mean(3), m2(3);
+    F::batch_moments(x.data(), v, mean.data(), m2.data());
+    for (F::Index ch = 0; ch < 3; ++ch) {
+      long double s = 0, q = 0;
+      const auto m = static_cast<long double>(v.count());
+      for (F::Index o = 0; o < v.outer; ++o)
+        for (F::Index i = 0; i < v.inner; ++i) s += x[static_cast<std::size_t>((o * v.channels + ch) * v.inner + i)];
+      for (F::Index o = 0; o < v.outer; ++o)
+        for (F::Index i = 0; i < v.inner; ++i) {
+          const long double d = x[static_cast<std::size_t>((o * v.channels + ch) * v.inner + i)] - s / m;
+          q += d * d;
+        }
+      const auto k = static_cast<std::size_t>(ch);
+      CHECK(std::isfinite(m2[k]));
+      CHECK(rel_err(mean[k], static_cast<double>(s / m)) <= kDoubleTol);
+      CHECK(rel_err(m2[k], static_cast<double>(q)) <= kDoubleTol);
+    }
+  }
+}
+
 TEST_CASE("a large bias brings a float product beyond float's range back: y is finite and exact",
           "[dispatch][range]") {
   // x = {-3, 1, 1, 1}: mean 0, biased variance 3. weight * xhat reaches 4.3e38 (beyond float's

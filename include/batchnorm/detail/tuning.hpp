@@ -29,7 +29,8 @@ inline constexpr Index kChunk = 2048;
 inline constexpr Index kShortGroupBytes = 1 << 14;
 
 // --- Lane path (lane_path.hpp) ---------------------------------------------------------------
-/// rows: a statistics block of the lane path (one pass, or two from L2): at least kBlockRows,
+/// rows: a statistics block of the lane path (one pass, or two from L2; the lanes whose one pass
+/// is declined take both after it): at least kBlockRows,
 /// at most kBlockRowsMax, about kBlockBytes of a full tile in between; more rows amortise the
 /// per-lane work of a block.
 inline constexpr Index kBlockRows = 64;
@@ -39,13 +40,13 @@ inline constexpr Index kBlockBytes = 1 << 18;
 inline constexpr Index kSumRows = 64;
 inline constexpr Index kApplyRows = 256;
 /// vectors: lane tiles of at most this many vectors keep their sums and constants in registers
-/// (16 vector registers hold two sums and the constants); also the width of statistic strips
-/// whose rows are 4 KiB apart or more.
+/// (16 vector registers hold two sums and the constants); also the width of two-pass statistic
+/// strips whose rows are 4 KiB apart or more.
 inline constexpr int kNarrowVectors = 8;
-/// vectors: gradient-sum strips of wider tiles, in cache or with rows 4 KiB apart (two sums a
-/// vector: 8 spilled registers).
+/// vectors: gradient-sum strips of wider tiles, in cache or with rows 4 KiB apart, and the
+/// strips of the lane path's one-pass statistics (two sums a vector: 8 spilled registers).
 inline constexpr int kGradStripVectors = 4;
-/// vectors: strips of rows under 4 KiB apart: statistics, and gradient sums in two sweeps when
+/// vectors: strips of rows under 4 KiB apart: two-pass statistics, and gradient sums in two sweeps when
 /// streaming from memory (memory read in 1 KiB runs of float with AVX-512).
 inline constexpr int kWideStripVectors = 16;
 /// bytes: rows this far apart or more put a strip's rows in the same L1 sets (4 KiB aliasing).

@@ -176,39 +176,44 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
         }
       }
     };
-    // Two passes over the block of every lane, into (rel, m2): rel = block mean - origin.
-    const auto two_pass = [&](A* rel, A* bm) {
-      for (Index l = 0; l < nl; ++l) shift[l] = blk[l];
-      lane_centred_sums(blk, stride, rows, nl, shift, rel);
+    // Two passes over the block of lanes [l0, l1), into (rel, m2) at the same lanes: rel =
+    // block mean - origin. A lane's results do not depend on the range that holds it.
+    const auto two_pass = [&](Index l0, Index l1, A* rel, A* bm) {
+      for (Index l = l0; l < l1; ++l) shift[l] = blk[l];
+      lane_centred_sums(blk + l0, stride, rows, l1 - l0, shift + l0, rel + l0);
       each_lane([&](Index l, Index, A o) {
+        if (l < l0 || l >= l1) return;
         const A r = (static_cast<A>(shift[l]) - o) + rel[l] / a_rows, bmean = o + r;
         rel[l] = r;
         head[l] = static_cast<T>(bmean);
         bu[l] = bmean - static_cast<A>(head[l]);
       });
-      lane_sums(blk, stride, rows, nl, head, bm, [](auto xv, auto h) {
+      lane_sums(blk + l0, stride, rows, l1 - l0, head + l0, bm + l0, [](auto xv, auto h) {
         const auto e = xv - h;
         return e * e;
       });
-      for (Index l = 0; l < nl; ++l) bm[l] = m2_about_mean(bm[l], a_rows, bu[l]);
+      for (Index l = l0; l < l1; ++l) bm[l] = m2_about_mean(bm[l], a_rows, bu[l]);
     };
     if (n == 0) {
-      two_pass(bsum, bm2);
+      two_pass(0, nl, bsum, bm2);
     } else {
       each_lane([&](Index l, Index k, A o) { head[l] = static_cast<T>(o + cm[k]); });
       lane_moment_sums(blk, stride, rows, nl, head, bsum, bm2);
-      Index redone = 0;
+      // Declined: a block mean more than a standard deviation from c, NaN, or an overflow.
+      Index redone = 0, first = nl, last = -1;
       each_lane([&](Index l, Index, A o) {
         const A s1 = bsum[l], cross = s1 * (s1 / a_rows), m2_c = bm2[l] - cross;
-        redo[l] = !(cross <= m2_c);
-        redone += redo[l];
+        redo[l] = !(cross <= m2_c && m2_c <= std::numeric_limits<A>::max());
+        if (redo[l]) ++redone, first = std::min(first, l), last = l;
         bsum[l] = (static_cast<A>(head[l]) - o) + s1 / a_rows;
         bm2[l] = m2_c;
       });
       if (one_pass_observer) one_pass_observer(nl, redone);
-      if (redone > 0) {
-        two_pass(tsum, tm2);
-        for (Index l = 0; l < nl; ++l)
+      if (redone > 0) {  // the vectors from the first declined lane to the last, again
+        constexpr Index W = simd::Simd<T>::lanes;
+        const Index l0 = first / W * W, l1 = std::min(nl, (last / W + 1) * W);
+        two_pass(l0, l1, tsum, tm2);
+        for (Index l = l0; l < l1; ++l)
           if (redo[l]) bsum[l] = tsum[l], bm2[l] = tm2[l];
       }
     }
