@@ -136,8 +136,8 @@ void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
 /// blocks of kBlockRows to kBlockRowsMax rows. Per tile of a block, each lane's moments come
 /// from one pass about its channel's mean so far, c (rounded to T), where that is accurate:
 ///   s1 = sum (x - c),  s2 = sum (x - c)^2,  mean = c + s1 / n,  M2 = s2 - s1^2 / n
-/// taken when s1^2 / n <= M2 (the lane's block mean within one standard deviation of c, as
-/// chunk_moments_about); otherwise, and in the first block, the lane is two-passed (shifted by
+/// when m2_about takes it (the lane's block mean within one standard deviation of c, M2
+/// finite); otherwise, and in the first block, the lane is two-passed (shifted by
 /// the block's first row) from cache. The decision is per lane, so a lane's result never
 /// depends on its tile. The lanes of a channel merge into its block moments, which merge into
 /// the channel's running moments (every channel has the same count, so the Chan factors are
@@ -199,14 +199,14 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
     } else {
       each_lane([&](Index l, Index k, A o) { head[l] = static_cast<T>(o + cm[k]); });
       lane_moment_sums(blk, stride, rows, nl, head, bsum, bm2);
-      // Declined: a block mean more than a standard deviation from c, NaN, or an overflow.
+      // Declined (m2_about): a block mean more than a standard deviation from c, NaN, or an
+      // overflow.
       Index redone = 0, first = nl, last = -1;
       each_lane([&](Index l, Index, A o) {
-        const A s1 = bsum[l], cross = s1 * (s1 / a_rows), m2_c = bm2[l] - cross;
-        redo[l] = !(cross <= m2_c && m2_c <= std::numeric_limits<A>::max());
+        const A s1 = bsum[l];
+        redo[l] = !m2_about(a_rows, s1, bm2[l], bm2[l]);
         if (redo[l]) ++redone, first = std::min(first, l), last = l;
         bsum[l] = (static_cast<A>(head[l]) - o) + s1 / a_rows;
-        bm2[l] = m2_c;
       });
       if (one_pass_observer) one_pass_observer(nl, redone);
       if (redone > 0) {  // the vectors from the first declined lane to the last, again

@@ -51,24 +51,34 @@ inline void chunk_moments(const T* x, Index stride, Index rows, Index len, A ori
   m2 = chunk_m2(x, stride, rows, len, origin + rel);
 }
 
+/// M2 of n values from their one-pass sums about c, s1 = sum (x - c) and s2 = sum (x - c)^2:
+///   M2 = s2 - s1^2 / n
+/// Taken only when s1^2 / n <= M2, i.e. the values' mean is within one standard deviation of c
+/// (true for data in random order), where the subtraction loses at most a factor 2 of the
+/// relative precision of s2, and M2 is finite. Returns false otherwise (for NaN, and for an s2
+/// that overflowed although the M2 about the values' own mean may not), writing nothing: the
+/// caller then two-passes the values from cache.
+template <class A>
+inline bool m2_about(A n, A s1, A s2, A& m2) noexcept {
+  const A cross = s1 * (s1 / n), m2_c = s2 - cross;
+  if (!(cross <= m2_c && m2_c <= std::numeric_limits<A>::max())) return false;
+  m2 = m2_c;
+  return true;
+}
+
 /// One-pass moments of a chunk (laid out as in chunk_moments) about c, a value close to its mean
 /// (the mean of the values before it, rounded to T):
 ///   s1 = sum (x - c),  s2 = sum (x - c)^2,  mean = c + s1 / n,  M2 = s2 - s1^2 / n
-/// Taken only when s1^2 / n <= M2, i.e. the chunk's mean is within one standard deviation of c
-/// (true for data in random order), where the subtraction loses at most a factor 2 of the
-/// relative precision of s2, and M2 is finite. Returns false otherwise (for NaN, and for an s2
-/// that overflowed although the chunk's M2 about its own mean may not), writing nothing: the
-/// caller then two-passes the chunk (chunk_moments) from cache.
+/// when m2_about takes it; returns false otherwise, writing nothing: the caller then two-passes
+/// the chunk (chunk_moments) from cache.
 template <class T, class A>
 inline bool chunk_moments_about(const T* x, Index stride, Index rows, Index len, A origin, T c, A& rel,
                                 A& m2) noexcept {
   MomentSpanSum<T> sums;
   for (Index o = 0; o < rows; ++o) sums.add(x + o * stride, len, c);
-  const A n = static_cast<A>(rows * len), s1 = sums.first(), s2 = sums.second();
-  const A cross = s1 * (s1 / n), m2_c = s2 - cross;
-  if (!(cross <= m2_c && m2_c <= std::numeric_limits<A>::max())) return false;
+  const A n = static_cast<A>(rows * len), s1 = sums.first();
+  if (!m2_about(n, s1, sums.second(), m2)) return false;
   rel = (static_cast<A>(c) - origin) + s1 / n;
-  m2 = m2_c;
   return true;
 }
 
