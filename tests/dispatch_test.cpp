@@ -172,7 +172,7 @@ TEMPLATE_TEST_CASE("each traversal of the plan runs on the shapes made for it an
   for (const Case& c : cases) {
     INFO("view (" << c.v.outer << ", " << c.v.channels << ", " << c.v.inner << "), expected path " << path_name(c.path)
                   << ", W " << W);
-    const D::Plan p = D::make_plan<T>(c.v, static_cast<int>(W), D::Pass::forward);
+    const D::Plan p = D::make_plan<T>(c.v, static_cast<int>(W));
     CHECK(p.path == c.path);
     CHECK(p.segments == c.segments);
     PlanLog plans;
@@ -224,9 +224,10 @@ TEMPLATE_TEST_CASE("streamed outputs whose rows start misaligned: a partial narr
   const F::Index W = active_lanes<T>();
   // (N, C) with C = kLanes + 16: a full lane tile, then a tile of 16 lanes that is not the whole
   // row (narrow: 16 lanes are at most kNarrowVectors vectors); rows a whole number of vectors
-  // apart; 10 MiB or more, so that forward and backward stream. x, y, dy, dx start 3 values past
-  // an address of the vector's alignment (the vectors' storage is at least 16-byte aligned), so
-  // every row of the second tile starts misaligned and narrow_apply_shifted writes it.
+  // apart; 10 MiB, so that forward and backward stream (kStreamBytes a thread). x, y, dy, dx
+  // start 3 values past an address of the vector's alignment (the vectors' storage is at least
+  // 16-byte aligned), so every row of the second tile starts misaligned and
+  // narrow_apply_shifted writes it.
   const View v{(10 << 20) / (static_cast<F::Index>(sizeof(float)) * (D::kLanes + 16)) + 1, D::kLanes + 16, 1};
   REQUIRE(v.channels % W == 0);
   REQUIRE(16 <= D::kNarrowVectors * W);
@@ -290,7 +291,7 @@ TEMPLATE_TEST_CASE("lane statistics: one pass about the mean so far, two passes 
   REQUIRE(W >= 2);
   for (const View v : {View{3000, 3, 1}, View{1500, 40, 1}, View{700, 3, W - 1}, View{400, 5, std::max<F::Index>(1, W / 2 - 1)}}) {
     INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << "), W " << W);
-    REQUIRE(D::make_plan<T>(v, static_cast<int>(W), D::Pass::forward).path == D::Path::lane);
+    REQUIRE(D::make_plan<T>(v, static_cast<int>(W)).path == D::Path::lane);
     const auto n = static_cast<std::size_t>(v.size());
     const auto noise = normal_values<T>(n, 0.0, 1.0, 503);
     const auto make = [&](bool step) {

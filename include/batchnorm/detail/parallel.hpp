@@ -45,7 +45,7 @@ void for_each_segment(const View& v, const Plan& p, F f) noexcept {
   for (Index s = 0; s < S; ++s) {
     const Index o0 = v.outer * s / S, o1 = v.outer * (s + 1) / S;
     const View sub{o1 - o0, v.channels, v.inner};
-    Plan sp = make_plan<T>(sub, p.lanes, p.pass);
+    Plan sp = make_plan<T>(sub, p.lanes);
     sp.stream = p.stream;
     f(s, sub, sp, o0 * v.channels * v.inner);
   }

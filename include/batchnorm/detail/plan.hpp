@@ -37,18 +37,14 @@ namespace detail {
 
 enum class Path { row, row_short, lane, wide_rows };
 
-/// The kind of pass, which sets the size from which outputs are streamed (tuning.hpp).
-enum class Pass { forward, backward };
-
 struct Plan {
   Path path = Path::row;
   int lanes = 1;          ///< values of T per vector of the ISA that runs
-  Pass pass = Pass::forward;
   Index group = 1;        ///< channels per group (row: 1; row_short: several; lane paths: whole tiles)
   Index groups = 0;       ///< number of groups
   Index segments = 1;     ///< batch segments the threads take instead of groups (1: none)
   bool parallel = false;  ///< run groups on OpenMP threads
-  bool stream = false;    ///< write the output with non-temporal stores
+  bool stream = false;    ///< write the output with non-temporal stores (kStreamBytes a thread)
   bool exact_dx = false;  ///< float training dx in double (channels of at most kExactDxCount values)
 
   bool row() const noexcept { return path == Path::row || path == Path::row_short; }
@@ -89,14 +85,12 @@ Index segments_of(const View& v) noexcept {
 /// threads, an even share of the channels rounded to whole vectors of lanes. Lanes are
 /// independent: the partition never changes a result.
 template <class T>
-Plan make_plan(const View& v, int lanes, Pass pass) noexcept {
+Plan make_plan(const View& v, int lanes) noexcept {
   Plan p;
   p.lanes = lanes;
-  p.pass = pass;
   const Index C = v.channels;
   const int threads = v.size() >= kParallelMin ? max_threads() : 1;
   p.parallel = threads > 1;
-  p.stream = v.size() * static_cast<Index>(sizeof(T)) >= (pass == Pass::forward ? kStreamBytesForward : kStreamBytes);
   p.segments = segments_of<T>(v);
   p.exact_dx = sizeof(T) == sizeof(float) && v.count() > 0 && v.count() <= kExactDxCount;
   if (v.inner >= kRowMin || v.outer <= 1) {
@@ -117,6 +111,10 @@ Plan make_plan(const View& v, int lanes, Pass pass) noexcept {
     }
   }
   p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
+  // Streamed from kStreamBytes of output a thread: the threads that take part, at most one a
+  // group or segment. (Stores never change a result.)
+  const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= kStreamBytes;
   return p;
 }
 

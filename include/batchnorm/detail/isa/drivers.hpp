@@ -101,7 +101,7 @@ void group_moments(const T* x, const View& v, const Plan& p, Index c0, Index nc,
 /// (moments of each segment, merged in segment order).
 template <class T, class A>
 void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::forward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   if (p.segments > 1) {
     BATCHNORM_ASSERT(v.channels <= kSegmentChannels, "segment arrays hold the view");
@@ -180,7 +180,7 @@ inline constexpr auto scale_of = [](auto dyv, auto, auto, auto, auto p, auto, au
 /// groups of the plan, or its batch segments.
 template <class T, class CoefOf>
 void normalize(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::forward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   if (p.segments > 1) {
     segments_apply_exact<T, false>(x, nullptr, y, v, p, coef_of, affine_of);
@@ -196,7 +196,7 @@ void normalize(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
 /// finish(0, C), then the elementwise pass over the segments.
 template <class T, class A, class Finish, class CoefOf>
 void forward_training(const T* x, const View& v, Finish finish, CoefOf coef_of, T* y, A* mean, A* m2) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::forward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   if (p.segments > 1) {
     moments(x, v, mean, m2);
     call_baseline(finish, Index(0), v.channels);
@@ -216,7 +216,7 @@ void forward_training(const T* x, const View& v, Finish finish, CoefOf coef_of, 
 /// (head, tail): over the groups of the plan, or its batch segments (added in segment order).
 template <class T, class A, class Centre>
 void grad_sums(const T* x, const T* dy, const View& v, Centre centre, A* sum_dy, A* sum_dy_d) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   if (p.segments > 1) {
     segment_sums<T>(
@@ -252,7 +252,7 @@ void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, I
 /// segments_apply_exact (or group_dx per segment when the channels' dx is taken in double).
 template <class T, class DxCoef>
 void dx_pass(const T* x, const T* dy, const View& v, const DxCoef& dx_coef, T* dx) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   if (p.segments > 1 && !p.exact_dx) {
     segments_apply_exact<T, true>(x, dy, dx, v, p, dx_coef, dx_of);
@@ -274,7 +274,7 @@ void dx_pass(const T* x, const T* dy, const View& v, const DxCoef& dx_coef, T* d
 template <class T, class A, class Centre, class Params, class DxCoef>
 void backward_training(const T* x, const T* dy, const View& v, Centre centre, Params params, const DxCoef& dx_coef,
                        T* dx, A* sum_dy, A* sum_dy_d) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   if (p.segments > 1) {
     grad_sums(x, dy, v, centre, sum_dy, sum_dy_d);
     call_baseline(params, Index(0), v.channels);
@@ -299,7 +299,7 @@ void backward_training(const T* x, const T* dy, const View& v, Centre centre, Pa
 template <class T, class A, class Centre, class ScaleCoef, class Params>
 void backward_inference(const T* x, const T* dy, const View& v, Centre centre, ScaleCoef scale_coef, bool sums,
                         Params params, T* dx, A* sum_dy, A* sum_dy_d) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes, Pass::backward);
+  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   // Channels [c0, c0 + nc) of the view w (at offset off of the whole, planned as wp).
   const auto pass = [&](const View& w, const Plan& wp, Index off, Index c0, Index nc, A* s0, A* s1) {
