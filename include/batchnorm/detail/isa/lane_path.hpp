@@ -2,11 +2,14 @@
 // No include guard: detail/dispatch.hpp includes the isa/ files once per ISA, inside namespace
 // detail::<isa> (see isa/simd.hpp).
 
+/// Calls f(o0, rows, t0, nt) for row blocks [o0, o0 + rows) (outer loop: the first of `first`
+/// rows, the others of `later`, or `first` when later is 0) and, within each, the lane tiles
+/// [t0, t0 + nt) of channels [c0, c0 + nc).
 template <class F>
-void for_each_block_tile(const View& v, Index c0, Index nc, Index block, F f) noexcept {
+void for_each_block_tile(const View& v, Index c0, Index nc, Index first, F f, Index later = 0) noexcept {
   const Index ct = tile_channels(v);
-  for (Index o0 = 0; o0 < v.outer; o0 += block)
-    for (Index t0 = c0; t0 < c0 + nc; t0 += ct) f(o0, std::min(block, v.outer - o0), t0, std::min(ct, c0 + nc - t0));
+  for (Index o0 = 0, b = first; o0 < v.outer; o0 += b, b = later > 0 ? later : first)
+    for (Index t0 = c0; t0 < c0 + nc; t0 += ct) f(o0, std::min(b, v.outer - o0), t0, std::min(ct, c0 + nc - t0));
 }
 
 /// Wide rows (lane path with inner >= one vector): calls f(o0, rows, k0, nk) for chunks
@@ -133,8 +136,9 @@ void fold_lanes(Index nt, Index I, Index rows, A* bmean, A* bm2) noexcept {
 }
 
 /// Lane path: mean and M2 of channels [c0, c0 + nc) into mean[0..nc), m2[0..nc), streaming row
-/// blocks of kBlockRows to kBlockRowsMax rows. Per tile of a block, each lane's moments come
-/// from one pass about its channel's mean so far, c (rounded to T), where that is accurate:
+/// blocks (the first of about kBlockBytes of a tile, the others of about kOnePassBytes). Per
+/// tile of a block, each lane's moments come from one pass about its channel's mean so far, c
+/// (rounded to T), where that is accurate:
 ///   s1 = sum (x - c),  s2 = sum (x - c)^2,  mean = c + s1 / n,  M2 = s2 - s1^2 / n
 /// when m2_about takes it (the lane's block mean within one standard deviation of c, M2
 /// finite); otherwise, and in the first block, the lane is two-passed (shifted by
@@ -156,6 +160,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
   // block), from the view alone so that blocks, and results, never depend on the threads.
   const Index tile_bytes = std::min(v.channels, tile_channels(v)) * I * static_cast<Index>(sizeof(T));
   const Index block = std::clamp(kBlockBytes / std::max<Index>(1, tile_bytes), kBlockRows, kBlockRowsMax);
+  const Index later = std::clamp(kOnePassBytes / std::max<Index>(1, tile_bytes), kBlockRows, kOnePassRowsMax);
   for_each_block_tile(v, c0, nc, block, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
     BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the lane arrays");
@@ -204,10 +209,13 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
       Index redone = 0, first = nl, last = -1;
       each_lane([&](Index l, Index, A o) {
         const A s1 = bsum[l];
-        redo[l] = !m2_about(a_rows, s1, bm2[l], bm2[l]);
-        if (redo[l]) ++redone, first = std::min(first, l), last = l;
+        A about = bm2[l];  // a local, not a conditional store: the loop vectorizes
+        redo[l] = !m2_about(a_rows, s1, about, about);
+        bm2[l] = about;
         bsum[l] = (static_cast<A>(head[l]) - o) + s1 / a_rows;
       });
+      for (Index l = 0; l < nl; ++l)
+        if (redo[l]) ++redone, first = std::min(first, l), last = l;
       if (one_pass_observer) one_pass_observer(nl, redone);
       if (redone > 0) {  // the vectors from the first declined lane to the last, again
         constexpr Index W = simd::Simd<T>::lanes;
@@ -226,7 +234,7 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
       for (Index k = 0; k < nt; ++k) merge.apply(cm[k], c2[k], bsum[k], bm2[k]);
     }
     if (t0 + nt == c0 + nc) n += nb;  // the block is done for every tile
-  });
+  }, later);
   if (v.outer > 0 && I > 0)
     for (Index k = 0; k < nc; ++k) mean[k] += static_cast<A>(x[(c0 + k) * I]);
 }
