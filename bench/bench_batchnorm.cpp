@@ -72,13 +72,17 @@ void run_eigen_naive(benchmark::State& state, const Shape& shape, int threads) {
 /// read-only pass (x; x and dy for backward), then the write pass (y = s * x; the triad for
 /// backward), both at full bandwidth with no arithmetic to speak of. measure() runs it with
 /// plain and non-temporal stores and counts the faster. No kernel in such a layout can beat it.
+/// With `exact` (floor_exact), the read pass does the arithmetic of this library's accurate
+/// statistics (exact_sums_range: sums of x - c in double) instead of plain sums: the floor of an
+/// algorithm held to the accuracy bar, where that arithmetic, not memory, is the limit.
 template <class T>
-void run_floor_spanning(benchmark::State& state, const Shape& shape, Op op, int threads) {
+void run_floor_spanning(benchmark::State& state, const Shape& shape, Op op, int threads, bool exact) {
   const auto n = static_cast<std::size_t>(shape.size());
   bench::Buffer<T> x(n, 1), dy(n, 2), out(n, 3);
   const T* d = op == Op::backward_train ? dy.data() : nullptr;
   bench::measure<T>(state, op, n, threads, [&](bool stream) {
-    benchmark::DoNotOptimize(bench::read_sum(x.data(), d, n, threads));
+    if (exact) benchmark::DoNotOptimize(bench::read_exact_sums(x.data(), d, n, threads, x.data()[0]));
+    else benchmark::DoNotOptimize(bench::read_sum(x.data(), d, n, threads));
     if (d) bench::triad_baseline(x.data(), d, out.data(), n, threads, stream);
     else bench::scale_baseline(x.data(), out.data(), n, threads, stream);
   });
@@ -90,9 +94,9 @@ void run_floor_spanning(benchmark::State& state, const Shape& shape, Op op, int 
 /// inputs fit in 1 MiB of L2 (their rows are contiguous for each n, so the reads run in long
 /// streams the hardware prefetches, not one short row at a time), the groups split among the
 /// threads: the read pass (sum_range over x; x and dy for backward), then the write pass over
-/// the same rows (y = s * x; the triad for backward).
+/// the same rows (y = s * x; the triad for backward). `exact`: as run_floor_spanning.
 template <class T>
-void run_floor_blocked(benchmark::State& state, const Shape& shape, Op op, int threads) {
+void run_floor_blocked(benchmark::State& state, const Shape& shape, Op op, int threads, bool exact) {
   const auto n = static_cast<std::size_t>(shape.size());
   const auto N = static_cast<std::size_t>(shape.dims[0]), C = static_cast<std::size_t>(shape.dims[1]);
   const std::size_t row = n / (N * C);
@@ -105,10 +109,11 @@ void run_floor_blocked(benchmark::State& state, const Shape& shape, Op op, int t
     bench::split(groups, threads, [&](std::size_t g0, std::size_t g1) {
       for (std::size_t g = g0; g < g1; ++g) {
         const std::size_t c0 = g * group, run = (std::min(C, c0 + group) - c0) * row;
-        T s = 0;
+        double s = 0;
         for (std::size_t i = 0; i < N; ++i) {
           const std::size_t o = (i * C + c0) * row;
-          s += bench::sum_range(x.data(), d, o, o + run);
+          if (exact) s += bench::exact_sums_range(x.data(), d, o, o + run, x.data()[0]);
+          else s += static_cast<double>(bench::sum_range(x.data(), d, o, o + run));
         }
         benchmark::DoNotOptimize(s);
         for (std::size_t i = 0; i < N; ++i) {
@@ -159,19 +164,22 @@ int main(int argc, char** argv) {
       for (const Op o : {Op::forward_train, Op::backward_train}) {
         for (const Layout l : {Layout::blocked, Layout::spanning}) {
           if (l == Layout::blocked && s.dims.size() == 2) continue;  // (N, C): rows of one value
-          const auto run_floor = [s, o, l, threads](auto zero, benchmark::State& st) {
-            using T = decltype(zero);
-            if (l == Layout::blocked) run_floor_blocked<T>(st, s, o, threads);
-            else run_floor_spanning<T>(st, s, o, threads);
-          };
-          benchmark::RegisterBenchmark(bench::bench_name("floor", "f32", o, s, l, threads).c_str(),
-                                       [run_floor](benchmark::State& st) { run_floor(0.0f, st); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
-          benchmark::RegisterBenchmark(bench::bench_name("floor", "f64", o, s, l, threads).c_str(),
-                                       [run_floor](benchmark::State& st) { run_floor(0.0, st); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
+          for (const bool exact : {false, true}) {
+            const auto run_floor = [s, o, l, threads, exact](auto zero, benchmark::State& st) {
+              using T = decltype(zero);
+              if (l == Layout::blocked) run_floor_blocked<T>(st, s, o, threads, exact);
+              else run_floor_spanning<T>(st, s, o, threads, exact);
+            };
+            const char* impl = exact ? "floor_exact" : "floor";
+            benchmark::RegisterBenchmark(bench::bench_name(impl, "f32", o, s, l, threads).c_str(),
+                                         [run_floor](benchmark::State& st) { run_floor(0.0f, st); })
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+            benchmark::RegisterBenchmark(bench::bench_name(impl, "f64", o, s, l, threads).c_str(),
+                                         [run_floor](benchmark::State& st) { run_floor(0.0, st); })
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+          }
         }
       }
   // Eigen expressions are ~400x memcpy: one shape is enough to make the point.

@@ -19,7 +19,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__SSE2__)
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
@@ -207,6 +209,96 @@ T sum_range(const T* a, const T* b, std::size_t begin, std::size_t end) {
   return t;
 }
 
+/// The statistics pass of an exact training kernel reduced to its loads and the arithmetic this
+/// library's accuracy needs per value, with 4 independent vectors in memory order (no
+/// reduction-order constraint) and c a constant near the data's mean:
+///   forward  (b == nullptr):  s1 += x - c in double (float: both widened, the difference
+///                             exact),  s2 += (x - c)^2 in T (float: 8 terms, then into double)
+///   backward:                 s0 += dy in T (float: 8 terms, then into double),
+///                             s1 += dy * (x - c) in double (float: widened, the product exact)
+/// Float with AVX-512 in intrinsics (GCC 12 widens a vector extension's halves poorly: a 16-lane
+/// float vector into two 8-lane double ones takes four conversions and two shuffles). Returns a
+/// value that depends on every sum.
+template <class T>
+double exact_sums_range(const T* a, const T* b, std::size_t begin, std::size_t end, T c) {
+  std::size_t k = begin;
+  double t = 0;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == sizeof(float)) {
+    constexpr std::size_t U = 4, w = 16;
+    const __m512 cv = _mm512_set1_ps(c);
+    const __m512d cd = _mm512_set1_pd(static_cast<double>(c));
+    __m512 s0[U];          // forward: the squares; backward: dy (T, 8 terms)
+    __m512d s1[U][2], f0[U][2];  // s1 in double; f0: s0's flushed terms
+    for (std::size_t u = 0; u < U; ++u)
+      s0[u] = _mm512_setzero_ps(), s1[u][0] = s1[u][1] = f0[u][0] = f0[u][1] = _mm512_setzero_pd();
+    const auto wide = [](const float* p, int h) { return _mm512_maskz_cvtps_pd(0xFF, _mm256_loadu_ps(p + 8 * h)); };
+    const auto halves = [](__m512 v, int h) {
+      const __m512d d = _mm512_castps_pd(v);
+      return _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(h ? _mm512_maskz_extractf64x4_pd(0xF, d, 1)
+                                                            : _mm512_maskz_extractf64x4_pd(0xF, d, 0)));
+    };
+    std::size_t terms = 0;
+    for (; k + U * w <= end; k += U * w) {
+      for (std::size_t u = 0; u < U; ++u) {
+        const float* p = reinterpret_cast<const float*>(a) + k + u * w;
+        if (b) {
+          const float* q = reinterpret_cast<const float*>(b) + k + u * w;
+          s0[u] = _mm512_add_ps(s0[u], _mm512_loadu_ps(q));
+          for (int h = 0; h < 2; ++h) s1[u][h] = _mm512_fmadd_pd(wide(q, h), _mm512_sub_pd(wide(p, h), cd), s1[u][h]);
+        } else {
+          const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p), cv);
+          s0[u] = _mm512_fmadd_ps(d, d, s0[u]);
+          for (int h = 0; h < 2; ++h) s1[u][h] = _mm512_add_pd(s1[u][h], _mm512_sub_pd(wide(p, h), cd));
+        }
+      }
+      if (++terms == 8) {  // the T sums into double, as the kernels flush them
+        for (std::size_t u = 0; u < U; ++u) {
+          for (int h = 0; h < 2; ++h) f0[u][h] = _mm512_add_pd(f0[u][h], halves(s0[u], h));
+          s0[u] = _mm512_setzero_ps();
+        }
+        terms = 0;
+      }
+    }
+    alignas(64) double lanes[8];
+    for (std::size_t u = 0; u < U; ++u)
+      for (int h = 0; h < 2; ++h) {
+        _mm512_store_pd(lanes, _mm512_add_pd(_mm512_add_pd(s1[u][h], f0[u][h]), halves(s0[u], h)));
+        for (const double v : lanes) t += v;
+      }
+  } else
+#endif
+  {
+    typedef T vec __attribute__((vector_size(64)));
+    typedef double dvec __attribute__((vector_size(64)));
+    constexpr std::size_t w = 64 / sizeof(T), U = 4, L = 64 / sizeof(double);
+    vec s0[U] = {};  // forward: the squares; backward: dy
+    dvec s1[U] = {};
+    const auto load = [](vec& v, const T* p) { std::memcpy(&v, p, sizeof v); };
+    for (; k + U * w <= end; k += U * w)
+      for (std::size_t u = 0; u < U; ++u) {
+        vec x, g{};
+        load(x, a + k + u * w);
+        if (b) load(g, b + k + u * w), s0[u] += g;
+        else s0[u] += (x - c) * (x - c);
+        if constexpr (sizeof(T) == sizeof(double)) {
+          s1[u] += b ? g * (x - c) : x - c;
+        } else {  // float without AVX-512: each value widened
+          for (std::size_t l = 0; l < w; ++l) {
+            const double d = static_cast<double>(x[l]) - static_cast<double>(c);
+            s1[u][l % L] += b ? static_cast<double>(g[l]) * d : d;
+          }
+        }
+      }
+    for (std::size_t u = 0; u < U; ++u) {
+      for (std::size_t l = 0; l < w; ++l) t += static_cast<double>(s0[u][l]);
+      for (std::size_t l = 0; l < L; ++l) t += s1[u][l];
+    }
+  }
+  for (; k < end; ++k) t += static_cast<double>(b ? b[k] * (a[k] - c) : (a[k] - c) * (a[k] - c));
+  return t;
+}
+
 /// A copy of n values: the baseline of forwards (an ideal forward reads x once, writes y once).
 template <class T>
 void copy_baseline(const T* src, T* dst, std::size_t n, int threads, bool stream) {
@@ -238,6 +330,22 @@ T read_sum(const T* a, const T* b, std::size_t n, int threads) {
   });
   T total = 0;
   for (const T v : part) total += v;
+  return total;
+}
+
+/// exact_sums_range over n values on `threads` threads.
+template <class T>
+double read_exact_sums(const T* a, const T* b, std::size_t n, int threads, T c) {
+  std::vector<double> part(static_cast<std::size_t>(threads), 0.0);
+  split(n, threads, [&](std::size_t begin, std::size_t end) {
+#ifdef _OPENMP
+    part[static_cast<std::size_t>(omp_get_thread_num())] = exact_sums_range(a, b, begin, end, c);
+#else
+    part[0] = exact_sums_range(a, b, begin, end, c);
+#endif
+  });
+  double total = 0;
+  for (const double v : part) total += v;
   return total;
 }
 
