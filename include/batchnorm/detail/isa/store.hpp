@@ -250,11 +250,17 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   const bool stream = p.stream;
   if (nt == 1) {
     const Coef<T> cf = coef_of(t0);
+    // Rows shorter than kRowMin (short channels, outer <= 1) that do not start on the vectors'
+    // grid or are not whole vectors go out as plain stores: their partial head and tail vectors
+    // next to non-temporal stores would cost more than streaming saves.
+    constexpr Index W = simd::Simd<T>::lanes;
+    const bool whole = I % W == 0 && simd::stream_aligned(out + (o0 * C + t0) * I) && (C * I) % W == 0;
+    const bool row_stream = stream && (I >= kRowMin || whole);
     // Last row first: the statistics or sums pass just read the channel in order, so its last
     // rows are the likeliest still in L2 (measured: resnet_s1 NCHW backward 10-15% faster).
     for (Index o = o0 + rows - 1; o >= o0; --o) {
       const Index off = (o * C + t0) * I;
-      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, stream, cf, f);
+      apply_span<T, HasU>(x + off, HasU ? u + off : nullptr, out + off, I, row_stream, cf, f);
     }
     return;
   }
