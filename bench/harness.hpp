@@ -273,9 +273,10 @@ double exact_sums_range(const T* a, const T* b, std::size_t begin, std::size_t e
     typedef double dvec __attribute__((vector_size(64)));
     constexpr std::size_t w = 64 / sizeof(T), U = 4, L = 64 / sizeof(double);
     vec s0[U] = {};  // forward: the squares; backward: dy
-    dvec s1[U] = {};
+    dvec s1[U] = {}, f0[U] = {};  // f0: s0's flushed terms (float)
     const auto load = [](vec& v, const T* p) { std::memcpy(&v, p, sizeof v); };
-    for (; k + U * w <= end; k += U * w)
+    std::size_t terms = 0;
+    for (; k + U * w <= end; k += U * w) {
       for (std::size_t u = 0; u < U; ++u) {
         vec x, g{};
         load(x, a + k + u * w);
@@ -290,12 +291,23 @@ double exact_sums_range(const T* a, const T* b, std::size_t begin, std::size_t e
           }
         }
       }
+      if (sizeof(T) < sizeof(double) && ++terms == 8) {  // the T sums into double, every 8 terms
+        for (std::size_t u = 0; u < U; ++u) {
+          for (std::size_t l = 0; l < w; ++l) f0[u][l % L] += static_cast<double>(s0[u][l]);
+          s0[u] = vec{};
+        }
+        terms = 0;
+      }
+    }
     for (std::size_t u = 0; u < U; ++u) {
       for (std::size_t l = 0; l < w; ++l) t += static_cast<double>(s0[u][l]);
-      for (std::size_t l = 0; l < L; ++l) t += s1[u][l];
+      for (std::size_t l = 0; l < L; ++l) t += s1[u][l] + f0[u][l];
     }
   }
-  for (; k < end; ++k) t += static_cast<double>(b ? b[k] * (a[k] - c) : (a[k] - c) * (a[k] - c));
+  for (; k < end; ++k) {  // both sums, in double
+    const double d = static_cast<double>(a[k]) - static_cast<double>(c);
+    t += b ? static_cast<double>(b[k]) + static_cast<double>(b[k]) * d : d + d * d;
+  }
   return t;
 }
 

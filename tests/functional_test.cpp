@@ -149,14 +149,15 @@ TEMPLATE_TEST_CASE("forward and backward agree with a double-double reference on
 TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misaligned, in place", "[functional][naive]",
                    float, double) {
   using T = TestType;
-  // Each view holds at least 10 MiB of floats (forward passes stream from 10 MiB, backward from
-  // 4 MiB): the row path, wide rows whose rows are not a whole number of vectors (a vector
+  // Each view holds at least 2 MiB of floats (outputs stream from 1 MiB a thread): the row path,
+  // short channels of the row path (ColMajor (N, C): misaligned, they keep plain stores;
+  // aligned, they stream), wide rows whose rows are not a whole number of vectors (a vector
   // straddles two channels, and two rows: a block of whole rows is one run), the lane path with
   // rows of a partial vector, its narrow tiles (rows of a few whole vectors: constants and sums
   // in registers), and its wide tiles (gradient sums in two sweeps over strips of 16 vectors,
   // with a narrower last strip for {5000, 70, 8}).
-  for (const View v : {View{40, 8, 9000}, View{150, 90, 196}, View{9000, 9, 33}, View{45000, 60, 1},
-                       View{85000, 32, 1}, View{11000, 256, 1}, View{5000, 70, 8}}) {
+  for (const View v : {View{40, 8, 9000}, View{1, 2048, 256}, View{150, 90, 196}, View{9000, 9, 33},
+                       View{45000, 60, 1}, View{85000, 32, 1}, View{11000, 256, 1}, View{5000, 70, 8}}) {
     // Inputs and reference once per view (they do not depend on the placement): the reference
     // is the slow part, under valgrind especially.
     const auto n = static_cast<std::size_t>(v.size());

@@ -1,5 +1,5 @@
-// batchnorm: the plan, decided once per call from the view and the vector width. Free to change;
-// not public API.
+// batchnorm: the plan, decided once per call from the view, the vector width and the number of
+// threads (which never changes a result). Free to change; not public API.
 //
 // Every kernel (isa/drivers.hpp) starts with make_plan and runs what it names; nothing else
 // re-derives "few channels?" or "short rows?". The traversals, one file each under isa/:

@@ -156,8 +156,9 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
   bool redo[kLanes];
   for (Index k = 0; k < nc; ++k) mean[k] = 0, m2[k] = 0;
   A n = 0;  // values merged so far, per channel
-  // Rows per block: about kBlockBytes of a full tile (more rows amortise the per-lane work of a
-  // block), from the view alone so that blocks, and results, never depend on the threads.
+  // Rows per block: about kBlockBytes of a full tile for the first, kOnePassBytes for the others
+  // (more rows amortise the per-lane work of a block), from the view alone so that blocks, and
+  // results, never depend on the threads.
   const Index tile_bytes = std::min(v.channels, tile_channels(v)) * I * static_cast<Index>(sizeof(T));
   const Index block = std::clamp(kBlockBytes / std::max<Index>(1, tile_bytes), kBlockRows, kBlockRowsMax);
   const Index later = std::clamp(kOnePassBytes / std::max<Index>(1, tile_bytes), kBlockRows, kOnePassRowsMax);
