@@ -329,36 +329,34 @@ void scale_baseline(const T* x, T* out, std::size_t n, int threads, bool stream)
   split(n, threads, [&](std::size_t b, std::size_t e) { scale_range(x, out, b, e, T(0.5), stream); });
 }
 
+/// The sum of f(begin, end) over the shares of [0, n) that split gives the threads, each share's
+/// f run on its thread.
+template <class R, class F>
+R sum_of_shares(std::size_t n, int threads, F f) {
+  std::vector<R> part(static_cast<std::size_t>(threads), R(0));
+  split(n, threads, [&](std::size_t begin, std::size_t end) {
+#ifdef _OPENMP
+    part[static_cast<std::size_t>(omp_get_thread_num())] = f(begin, end);
+#else
+    part[0] = f(begin, end);
+#endif
+  });
+  R total = 0;
+  for (const R v : part) total += v;
+  return total;
+}
+
 /// sum_range over n values on `threads` threads.
 template <class T>
 T read_sum(const T* a, const T* b, std::size_t n, int threads) {
-  std::vector<T> part(static_cast<std::size_t>(threads), T(0));
-  split(n, threads, [&](std::size_t begin, std::size_t end) {
-#ifdef _OPENMP
-    part[static_cast<std::size_t>(omp_get_thread_num())] = sum_range(a, b, begin, end);
-#else
-    part[0] = sum_range(a, b, begin, end);
-#endif
-  });
-  T total = 0;
-  for (const T v : part) total += v;
-  return total;
+  return sum_of_shares<T>(n, threads, [&](std::size_t begin, std::size_t end) { return sum_range(a, b, begin, end); });
 }
 
 /// exact_sums_range over n values on `threads` threads.
 template <class T>
 double read_exact_sums(const T* a, const T* b, std::size_t n, int threads, T c) {
-  std::vector<double> part(static_cast<std::size_t>(threads), 0.0);
-  split(n, threads, [&](std::size_t begin, std::size_t end) {
-#ifdef _OPENMP
-    part[static_cast<std::size_t>(omp_get_thread_num())] = exact_sums_range(a, b, begin, end, c);
-#else
-    part[0] = exact_sums_range(a, b, begin, end, c);
-#endif
-  });
-  double total = 0;
-  for (const double v : part) total += v;
-  return total;
+  return sum_of_shares<double>(n, threads,
+                               [&](std::size_t begin, std::size_t end) { return exact_sums_range(a, b, begin, end, c); });
 }
 
 inline double median(std::vector<double> v) {

@@ -45,6 +45,8 @@ struct Plan {
   Index segments = 1;     ///< batch segments the threads take instead of groups (1: none)
   bool parallel = false;  ///< run groups on OpenMP threads
   bool stream = false;    ///< write the output with non-temporal stores (kStreamBytes a thread)
+  bool short_rows = false;  ///< row path with rows under kRowMin (outer <= 1: one row a channel),
+                            ///< streamed only where a row is whole vectors on their grid
   bool exact_dx = false;  ///< float training dx in double (channels of at most kExactDxCount values)
 
   bool row() const noexcept { return path == Path::row || path == Path::row_short; }
@@ -98,6 +100,7 @@ Plan make_plan(const View& v, int lanes) noexcept {
     p.path = short_channels ? Path::row_short : Path::row;
     const Index bytes = std::max<Index>(1, v.outer * v.inner * static_cast<Index>(sizeof(T)));
     p.group = short_channels ? std::max<Index>(1, std::min(kShortGroupBytes / bytes, (C + threads - 1) / threads)) : 1;
+    p.short_rows = v.inner < kRowMin;
   } else {
     p.path = v.inner >= lanes ? Path::wide_rows : Path::lane;
     const Index ct = tile_channels(v);

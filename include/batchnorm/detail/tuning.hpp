@@ -85,8 +85,8 @@ inline constexpr Index kExactDxCount = 16;
 /// n bytes: non-temporal / plain 0.98 warm and 0.80 cold at 1 MiB, 0.70-0.85 both from 1.25 to
 /// 12 MiB, 1.3 warm at 768 KiB; kernels at 1-2 MiB (float and double, every layout) alike:
 /// backward 0.7-0.9, eval 0.65-0.8. The outputs then leave the cache: a layer that reads them
-/// next reads them from memory. Short rows of the row path that are not whole aligned vectors
-/// keep plain stores (region_apply).
+/// next reads them from memory. Short rows of the row path (Plan::short_rows) that are not whole
+/// aligned vectors keep plain stores.
 inline constexpr Index kStreamBytes = 1 << 20;
 
 // --- Threads (parallel.hpp) ------------------------------------------------------------------

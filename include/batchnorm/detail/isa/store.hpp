@@ -250,13 +250,12 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
   const bool stream = p.stream;
   if (nt == 1) {
     const Coef<T> cf = coef_of(t0);
-    // Row paths: rows shorter than kRowMin (short channels of a view with outer <= 1) that do
-    // not start on the vectors' grid or are not whole vectors go out as plain stores: their
-    // partial head and tail vectors next to non-temporal stores cost more than streaming saves.
-    // (Evaluated only when streaming: the view then holds values, so out is not null.)
-    const bool row_stream = stream && (!p.row() || I >= kRowMin ||
-                                       (I % simd::Simd<T>::lanes == 0 && (C * I) % simd::Simd<T>::lanes == 0 &&
-                                        simd::stream_aligned(out + (o0 * C + t0) * I)));
+    // Short rows (p.short_rows: one row a channel) that do not start on the vectors' grid or are
+    // not whole vectors go out as plain stores: their partial head and tail vectors next to
+    // non-temporal stores cost more than streaming saves. (Evaluated only when streaming: the
+    // view then holds values, so out is not null.)
+    const bool row_stream = stream && (!p.short_rows || (I % simd::Simd<T>::lanes == 0 &&
+                                                         simd::stream_aligned(out + (o0 * C + t0) * I)));
     // Last row first: the statistics or sums pass just read the channel in order, so its last
     // rows are the likeliest still in L2 (measured: resnet_s1 NCHW backward 10-15% faster).
     for (Index o = o0 + rows - 1; o >= o0; --o) {
