@@ -50,11 +50,11 @@ inline constexpr Index kApplyRows = 256;
 /// (16 vector registers hold two sums and the constants); also the width of two-pass statistic
 /// strips whose rows are 4 KiB apart or more.
 inline constexpr int kNarrowVectors = 8;
-/// vectors: gradient-sum strips of wider tiles, in cache or with rows 4 KiB apart, and the
-/// strips of the lane path's one-pass statistics (two sums a vector: 8 spilled registers).
-inline constexpr int kGradStripVectors = 4;
-/// vectors: strips of rows under 4 KiB apart: two-pass statistics, and gradient sums in two sweeps when
-/// streaming from memory (memory read in 1 KiB runs of float with AVX-512).
+/// vectors: the strips of the lane path's one-pass statistics (two sums a vector: 8 spilled
+/// registers).
+inline constexpr int kOnePassStripVectors = 4;
+/// vectors: strips of two-pass statistics whose rows are under 4 KiB apart (memory read in 1 KiB
+/// runs of float with AVX-512).
 inline constexpr int kWideStripVectors = 16;
 /// bytes: rows this far apart or more put a strip's rows in the same L1 sets (4 KiB aliasing).
 inline constexpr Index kPageBytes = 4096;

@@ -149,7 +149,7 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
     case Path::row:
     case Path::row_short: row_grad_sums(x, dy, v, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
     case Path::wide_rows: wide_grad_sums(x, dy, v, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
-    case Path::lane: lane_grad_sums(x, dy, v, p, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
+    case Path::lane: lane_grad_sums(x, dy, v, c0, nc, coef_of, sum_dy, sum_dy_d, after); break;
   }
   for (Index k = 0; k < nc; ++k) {
     const Coef<T> cf = coef_of(c0 + k);

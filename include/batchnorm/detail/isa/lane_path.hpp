@@ -81,7 +81,7 @@ void lane_centred_sums(const T* x, Index stride, Index rows, Index nl, const T* 
 
 /// Per-lane one-pass moment sums of `rows` rows (stride apart) of nl lanes about c[l], in A:
 ///   s1[l] = sum_r (x[r][l] - c[l]),   s2[l] = sum_r (x[r][l] - c[l])^2
-/// In strips of at most kGradStripVectors vectors, each summed over all the rows in registers:
+/// In strips of at most kOnePassStripVectors vectors, each summed over all the rows in registers:
 /// s1 in Simd::prod (float: in double from the first term, x - c exact, as lane_centred_sums),
 /// s2 in T over kFlush rows at a time, added to A sums. Rows in order, one product per addition
 /// (as strip_sums): a lane's sums never depend on its strip.
@@ -89,7 +89,7 @@ template <class T>
 void lane_moment_sums(const T* x, Index stride, Index rows, Index nl, const T* c, accum_t<T>* s1,
                       accum_t<T>* s2) noexcept {
   using S = simd::Simd<T>;
-  for_each_strip<T, kGradStripVectors>(nl, [&](Index l0, const auto& L) {
+  for_each_strip<T, kOnePassStripVectors>(nl, [&](Index l0, const auto& L) {
     constexpr int NV = std::decay_t<decltype(L)>::vectors;
     typename S::prod t1[extent(NV)];
     typename S::vec t2[extent(NV)], cv[extent(NV)];
@@ -248,60 +248,69 @@ void lane_moments(const T* x, const View& v, Index c0, Index nc, A* mean, A* m2)
 /// The gradient sums of a strip (NV vectors of lanes, L) over rows [r0, r1) (at most kFlush,
 /// stride apart):  t0[j] = sum_r dy[r] in T,  t1[j] = sum_r dy[r] * (x[r] - head[j]) in
 /// Simd::prod (float: double, exact products; see GradSpanSum). Rows in order, one product per
-/// addition (as strip_sums). With Sweeps2, two sweeps over the
-/// rows, one sum each: a sweep reads its rows' strips in memory order with NV accumulators and
-/// the second finds dy in L1 (wide strips; see lane_grad_rows); otherwise one sweep, both sums.
-template <bool Sweeps2, class T, int NV>
+/// addition (as strip_sums).
+template <class T, int NV>
 inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Index r1, const NarrowLanes<T, NV>& L,
                             const T* head, typename simd::Simd<T>::vec* t0, typename simd::Simd<T>::prod* t1) noexcept {
   using S = simd::Simd<T>;
   for (int j = 0; j < NV; ++j) t0[j] = S::zero(), t1[j] = S::prod_zero();
-  if constexpr (Sweeps2) {
-    for (Index r = r0; r < r1; ++r)
-      for (int j = 0; j < NV; ++j) t0[j] += L.load(dy + r * stride, j);
-    for (Index r = r0; r < r1; ++r)
-      for (int j = 0; j < NV; ++j)
-        S::prod_add(t1[j], L.load(dy + r * stride, j), L.load(x + r * stride, j), L.load(head, j));
-  } else {
-    typename S::vec h[extent(NV)];
-    for (int j = 0; j < NV; ++j) h[j] = L.load(head, j);
-    for (Index r = r0; r < r1; ++r)
-      for (int j = 0; j < NV; ++j) {
-        const auto d = L.load(dy + r * stride, j);
-        t0[j] += d;
-        S::prod_add(t1[j], d, L.load(x + r * stride, j), h[j]);
-      }
-  }
+  typename S::vec h[extent(NV)];
+  for (int j = 0; j < NV; ++j) h[j] = L.load(head, j);
+  for (Index r = r0; r < r1; ++r)
+    for (int j = 0; j < NV; ++j) {
+      const auto d = L.load(dy + r * stride, j);
+      t0[j] += d;
+      S::prod_add(t1[j], d, L.load(x + r * stride, j), h[j]);
+    }
 }
+
+/// The partial gradient sums of a lane tile, one vector of lanes each (GradRows).
+template <class T>
+struct GradPartials {
+  typename simd::Simd<T>::vec t0[kLanes / simd::Simd<T>::lanes];
+  typename simd::Simd<T>::prod t1[kLanes / simd::Simd<T>::lanes];
+};
 
 /// Per-lane gradient sums of rows [r0, r1) (stride apart, at most kFlush) of nl lanes, in T, added
 /// to out0, out1 in A:
 ///   out0[l] += sum_r dy[r][l],   out1[l] += sum_r dy[r][l] * (x[r][l] - head[l])
-/// Strips summed over the rows in registers (strip_grad_sums): with `sweeps2` (x and dy stream
-/// from memory, rows under 4 KiB apart) strips of kWideStripVectors vectors in two sweeps,
-/// which read memory in much longer runs (measured: (25088, 256) floats 2.4x -> 1.1x memcpy);
-/// otherwise strips of kGradStripVectors vectors in one sweep (in cache, or with rows 4 KiB
-/// apart, whose strips of 8 rows would not stay in L1's sets between two sweeps).
+/// Row by row in memory order, each row's lanes in vectors, the partial sums in t (L1): the
+/// same additions per lane, in the same order, as strip_grad_sums. Measured against strips of
+/// 4-16 vectors summed down the rows in registers (AMD Zen 5, one thread, warm, float gradient
+/// sums alone): (4096, 1024) 2.2 -> 1.0-1.2 ms, (12544, 256) 1.1 -> 0.6-0.8, ColMajor 8x32x32x32
+/// 0.068 -> 0.042, (256, 2048) 0.104 -> 0.089.
 template <class T>
 inline void lane_grad_rows(const T* x, const T* dy, Index stride, Index r0, Index r1, Index nl, const T* head,
-                           accum_t<T>* out0, accum_t<T>* out1, bool sweeps2) noexcept {
+                           accum_t<T>* out0, accum_t<T>* out1, GradPartials<T>& t) noexcept {
   using S = simd::Simd<T>;
-  const auto strip = [&](auto sweeps) {
-    return [&](Index l0, const auto& L) {
-      constexpr int NV = std::decay_t<decltype(L)>::vectors;
-      typename S::vec t0[extent(NV)];
-      typename S::prod t1[extent(NV)];
-      strip_grad_sums<decltype(sweeps)::value>(x + l0, dy + l0, stride, r0, r1, L, head + l0, t0, t1);
-      L.flush(t0, out0 + l0);
-      L.flush_prod(t1, out1 + l0);
-    };
-  };
-  if (sweeps2) for_each_strip<T, kWideStripVectors>(nl, strip(std::true_type{}));
-  else for_each_strip<T, kGradStripVectors>(nl, strip(std::false_type{}));
+  constexpr Index W = S::lanes;
+  const Index nv = nl / W;
+  const int tail = static_cast<int>(nl - nv * W);
+  for (Index j = 0; j < nv + (tail > 0); ++j) t.t0[j] = S::zero(), t.t1[j] = S::prod_zero();
+  for (Index r = r0; r < r1; ++r) {
+    const T* xr = x + r * stride;
+    const T* dr = dy + r * stride;
+    for (Index j = 0; j < nv; ++j) {
+      const auto d = S::load(dr + j * W);
+      t.t0[j] += d;
+      S::prod_add(t.t1[j], d, S::load(xr + j * W), S::load(head + j * W));
+    }
+    if (tail > 0) {
+      const auto d = S::load_n(dr + nv * W, tail);
+      t.t0[nv] += d;
+      S::prod_add(t.t1[nv], d, S::load_n(xr + nv * W, tail), S::load_n(head + nv * W, tail));
+    }
+  }
+  const NarrowLanes<T, 1> full(W);
+  for (Index j = 0; j < nv; ++j) full.flush(&t.t0[j], out0 + j * W), full.flush_prod(&t.t1[j], out1 + j * W);
+  if (tail > 0) {
+    const NarrowLanes<T, 1> part(tail);
+    part.flush(&t.t0[nv], out0 + nv * W), part.flush_prod(&t.t1[nv], out1 + nv * W);
+  }
 }
 
 /// One lane per channel (inner == 1), narrow tile: the gradient sums of `rows` rows added to
-/// s0[l], s1[l] (A) exactly as lane_grad_rows does it (strip_grad_sums every kFlush rows, then
+/// s0[l], s1[l] (A) with the additions of lane_grad_rows (strip_grad_sums every kFlush rows, then
 /// s += in A, in the same order), with the A sums in registers: the lane arrays' store-to-load
 /// round trips would chain the flushes.
 template <class T, int NV>
@@ -313,7 +322,7 @@ void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index 
   RegisterSums<T, NV> w0, w1;
   w0.load(s0, nl), w1.load(s1, nl);
   for (Index r0 = 0; r0 < rows; r0 += kFlush) {
-    strip_grad_sums<false>(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, head, t0, t1);
+    strip_grad_sums(x, dy, stride, r0, std::min(rows, r0 + kFlush), L, head, t0, t1);
     w0.add(t0), w1.add_prod(t1);
   }
   w0.store(s0, nl), w1.store(s1, nl);
@@ -332,13 +341,14 @@ void narrow_grad_block(const T* x, const T* dy, Index stride, Index rows, Index 
 /// the channels' sums in A (inner == 1) or to the lanes' sums in A, which join the channels' at
 /// the end of the block (inner > 1). after(o0, rows, t0, nt) once a block of a tile is summed.
 template <class T, class A, class CoefOf, class After>
-void lane_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
+void lane_grad_sums(const T* x, const T* dy, const View& v, Index c0, Index nc, CoefOf coef_of,
                     A* sum_dy, A* sum_dy_d, After after) noexcept {
   const Index C = v.channels, I = v.inner;
   for (Index k = 0; k < nc; ++k) sum_dy[k] = 0, sum_dy_d[k] = 0;
   const Index stride = C * I;
   alignas(64) T head[kLanes];
   alignas(64) A l0[kLanes], l1[kLanes];  // inner > 1: a block's sums per lane, in A
+  GradPartials<T> partials;
   Index coef_tile = -1;
   for_each_block_tile(v, c0, nc, kSumRows, [&](Index o0, Index rows, Index t0, Index nt) {
     const Index nl = nt * I;
@@ -361,8 +371,7 @@ void lane_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Index
       return after(o0, rows, t0, nt);
     for (Index r0 = o0; r0 < o0 + rows; r0 += kFlush) {
       const Index r1 = std::min(o0 + rows, r0 + kFlush);
-      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1,
-                     p.stream && !rows_share_sets<T>(stride));
+      lane_grad_rows(x + t0 * I, dy + t0 * I, stride, r0, r1, nl, head, I == 1 ? s0 : l0, I == 1 ? s1 : l1, partials);
     }
     if (I > 1)  // the block's lane sums into the channels', lane by lane
       for (Index k = 0; k < nt; ++k)
