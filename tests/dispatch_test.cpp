@@ -23,6 +23,7 @@
 
 #include "support/compare.hpp"
 #include "support/naive.hpp"
+#include "support/streaming.hpp"
 #include "support/tensors.hpp"
 #include "support/tolerance.hpp"
 
@@ -229,7 +230,8 @@ TEMPLATE_TEST_CASE("streamed outputs whose rows start misaligned: a partial narr
   const F::Index W = active_lanes<T>();
   // (N, C) with C = kLanes + 16: a full lane tile, then a tile of 16 lanes that is not the whole
   // row (narrow: 16 lanes are at most kNarrowVectors vectors); rows a whole number of vectors
-  // apart; 10 MiB, so that forward and backward stream (kStreamBytes a thread). x, y, dy, dx
+  // apart; 10 MiB, and outputs stream from 1 MiB a thread here (StreamFrom), so that forward
+  // and backward stream. x, y, dy, dx
   // start 3 values past an address of the vector's alignment (the vectors' storage is at least
   // 16-byte aligned), so every row of the second tile starts misaligned and
   // narrow_apply_shifted writes it.
@@ -238,9 +240,9 @@ TEMPLATE_TEST_CASE("streamed outputs whose rows start misaligned: a partial narr
   REQUIRE(16 <= D::kNarrowVectors * W);
   static std::atomic<long> rows{0};
   rows = 0;
+  const StreamFrom stream(1 << 20);
 #ifdef _OPENMP
-  // Streaming is decided per thread (kStreamBytes a thread): at most two threads keep every
-  // pass streamed on any machine.
+  // Streaming is decided per thread: at most two threads keep every pass streamed.
   struct Restore {
     int threads;
     ~Restore() { omp_set_num_threads(threads); }

@@ -45,6 +45,16 @@ inline Isa cpu_isa() noexcept {
 #endif
 }
 
+/// Whether the CPU is AMD's (its vendor string; false off x86).
+inline bool cpu_is_amd() noexcept {
+#if BATCHNORM_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 /// The cap set by the environment variable BATCHNORM_ISA (unset or empty: no cap). Throws
 /// std::invalid_argument naming the variable and the values it takes on anything else.
 inline Isa isa_cap_from_environment() {

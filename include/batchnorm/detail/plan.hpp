@@ -44,7 +44,7 @@ struct Plan {
   Index groups = 0;       ///< number of groups
   Index segments = 1;     ///< batch segments the threads take instead of groups (1: none)
   bool parallel = false;  ///< run groups on OpenMP threads
-  bool stream = false;    ///< write the output with non-temporal stores (kStreamBytes a thread)
+  bool stream = false;    ///< write the output with non-temporal stores (stream_bytes() a thread)
   bool short_rows = false;  ///< row path with rows under kRowMin (outer <= 1: one row a channel),
                             ///< streamed only where a row is whole vectors on their grid
   bool exact_dx = false;  ///< float training dx in double (channels of at most kExactDxCount values)
@@ -65,6 +65,18 @@ inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, k
 
 /// Lane-path rows kPageBytes or more apart put a strip's rows in the same L1 sets: such strips
 /// stay narrow.
+/// Tests set the streaming threshold through this (bytes of output a thread; 0: the CPU's),
+/// so that they run the same paths on every CPU. Set it only while no kernel runs.
+inline Index stream_bytes_override = 0;
+
+/// Bytes of output a thread from which the elementwise passes write with non-temporal stores:
+/// kStreamBytesAmd on AMD's CPUs, kStreamBytes on the others (tuning.hpp), unless a test set
+/// stream_bytes_override.
+inline Index stream_bytes() noexcept {
+  static const Index cpu = cpu_is_amd() ? kStreamBytesAmd : kStreamBytes;
+  return stream_bytes_override > 0 ? stream_bytes_override : cpu;
+}
+
 template <class T>
 constexpr bool rows_share_sets(Index stride) noexcept {
   return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;
@@ -114,10 +126,10 @@ Plan make_plan(const View& v, int lanes) noexcept {
     }
   }
   p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
-  // Streamed from kStreamBytes of output a thread: the threads that take part, at most one a
+  // Streamed from stream_bytes() of output a thread: the threads that take part, at most one a
   // group or segment. (Stores never change a result.)
   const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
-  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= kStreamBytes;
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes();
   return p;
 }
 

@@ -79,15 +79,23 @@ inline constexpr Index kExactDxCount = 16;
 
 // --- Stores (store.hpp) ----------------------------------------------------------------------
 /// bytes of output a thread: from this size the elementwise passes (forward and backward) write
-/// with non-temporal stores. A thread's tensors then fill its 2 MiB L2 (x and y, or x, dy and
-/// dx), and a plain store costs a read of the line (from L3) and a write-back later. Measured,
-/// one thread, back to back (warm) and after a pass over other buffers (cold), AVX-512 copy of
-/// n bytes: non-temporal / plain 0.98 warm and 0.80 cold at 1 MiB, 0.70-0.85 both from 1.25 to
-/// 12 MiB, 1.3 warm at 768 KiB; kernels at 1-2 MiB (float and double, every layout) alike:
-/// backward 0.7-0.9, eval 0.65-0.8. The outputs then leave the cache: a layer that reads them
-/// next reads them from memory. Short rows of the row path (Plan::short_rows) that are not whole
-/// aligned vectors keep plain stores.
+/// with non-temporal stores, on CPUs other than AMD's (stream_bytes() in plan.hpp). A thread's
+/// tensors then fill its L2 (x and y, or x, dy and dx), and a plain store costs a read of the
+/// line and a write-back later. Measured on Intel (Cooper Lake, 1 thread, back to back (warm)
+/// and after a pass over other buffers (cold)), AVX-512 copy of n bytes: non-temporal / plain
+/// 0.98 warm and 0.80 cold at 1 MiB, 0.70-0.85 both from 1.25 to 12 MiB, 1.3 warm at 768 KiB;
+/// kernels at 1-2 MiB (float and double, every layout) alike: backward 0.7-0.9, eval 0.65-0.8.
+/// The outputs then leave the cache: a layer that reads them next reads them from memory.
+/// Short rows of the row path (Plan::short_rows) that are not whole aligned vectors keep plain
+/// stores.
 inline constexpr Index kStreamBytes = 1 << 20;
+/// bytes of output a thread: the same on AMD's CPUs, whose shared L3 keeps far larger outputs
+/// faster with plain stores. Measured on Zen 5 (32 MiB L3; float (N, 256), warm, time with
+/// non-temporal stores / plain): eval on 1 thread 1.33 at 1 MiB, 1.2-1.3 at 4-8 MiB, 0.8 at 12
+/// MiB, 0.6 at 16 MiB; backward 1.1 at 2 MiB, 1.04 at 10 MiB, 0.95 at 12 MiB, 0.86 at 16 MiB;
+/// on 2 threads plain stores are faster up to 16 MiB in all (8 MiB a thread): eval 1.2-1.7,
+/// backward 1.2-1.6.
+inline constexpr Index kStreamBytesAmd = 12 << 20;
 
 // --- Threads (parallel.hpp) ------------------------------------------------------------------
 /// values: views smaller than this run on one thread (a fork/join costs more).
