@@ -23,7 +23,7 @@
 
 #include "support/compare.hpp"
 #include "support/naive.hpp"
-#include "support/streaming.hpp"
+#include "support/plans.hpp"
 #include "support/tensors.hpp"
 #include "support/tolerance.hpp"
 
@@ -36,21 +36,6 @@ namespace {
 
 template <class T>
 using Acc = F::accum_t<T>;
-
-/// Records the plans the kernels run (the observer is process-wide; tests run one at a time).
-struct PlanLog {
-  static std::vector<std::pair<D::Plan, batchnorm::Isa>>& log() {
-    static std::vector<std::pair<D::Plan, batchnorm::Isa>> l;
-    return l;
-  }
-  PlanLog() {
-    log().clear();
-    D::plan_observer = [](const D::Plan& p, batchnorm::Isa isa) { log().emplace_back(p, isa); };
-  }
-  ~PlanLog() { D::plan_observer = nullptr; }
-  PlanLog(const PlanLog&) = delete;
-  PlanLog& operator=(const PlanLog&) = delete;
-};
 
 /// Values of T per vector of the copy that runs.
 template <class T>
@@ -241,14 +226,7 @@ TEMPLATE_TEST_CASE("streamed outputs whose rows start misaligned: a partial narr
   static std::atomic<long> rows{0};
   rows = 0;
   const StreamFrom stream(1 << 20);
-#ifdef _OPENMP
-  // Streaming is decided per thread: at most two threads keep every pass streamed.
-  struct Restore {
-    int threads;
-    ~Restore() { omp_set_num_threads(threads); }
-  } restore{omp_get_max_threads()};
-  omp_set_num_threads(std::min(restore.threads, 2));
-#endif
+  const ThreadsAtMost threads(2);  // streaming is decided per thread: two keep every pass streamed
   D::shifted_rows_observer = [](F::Index r) { rows += static_cast<long>(r); };
   check_training<T>(v, 3, 71);
   D::shifted_rows_observer = nullptr;

@@ -12,14 +12,10 @@
 #include <numeric>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "support/expect_throw.hpp"
 #include "support/compare.hpp"
 #include "support/naive.hpp"
-#include "support/streaming.hpp"
+#include "support/plans.hpp"
 #include "support/tensors.hpp"
 #include "support/tolerance.hpp"
 
@@ -164,14 +160,7 @@ TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misal
   // in registers), and its wide tiles (gradient sums row by row, with a partial last vector for
   // {5000, 70, 8}).
   const StreamFrom stream(1 << 20);
-#ifdef _OPENMP
-  // Streaming is decided per thread: more threads than two could take the views below it.
-  struct Restore {
-    int threads;
-    ~Restore() { omp_set_num_threads(threads); }
-  } restore{omp_get_max_threads()};
-  omp_set_num_threads(std::min(restore.threads, 2));
-#endif
+  const ThreadsAtMost threads(2);  // streaming is decided per thread: more could take it below
   for (const View v : {View{40, 8, 9000}, View{1, 2048, 256}, View{150, 90, 196}, View{9000, 9, 33},
                        View{45000, 60, 1}, View{85000, 32, 1}, View{11000, 256, 1}, View{5000, 70, 8}}) {
     // Inputs and reference once per view (they do not depend on the placement): the reference
@@ -194,18 +183,18 @@ TEMPLATE_TEST_CASE("outputs large enough for non-temporal stores: aligned, misal
         std::vector<T> dw(C), db(C);
         T* const yp = in_place ? x.data : y.data;
         T* const dxp = in_place ? dy.data : dx.data;
-        StreamedPlans streamed;
+        const PlanLog plans;
         F::forward_training(x.data, v, w.data(), b.data(), static_cast<T*>(nullptr), static_cast<T*>(nullptr), 0.0, 1e-3,
                             yp, mean.data(), invstd.data());
         CHECK(worst_rel_err(std::vector<T>(yp, yp + n), ref.y) <= naive_tol<T>());
-        CHECK(streamed.count() >= 1);  // the forward streamed
-        streamed.reset();
+        CHECK(PlanLog::streamed() >= 1);  // the forward streamed
+        PlanLog::log().clear();
         // backward reads the input of the forward: in place, x now holds y, so give it a copy.
         const std::vector<T> x_in(xv);
         F::backward_training(x_in.data(), dy.data, v, mean.data(), invstd.data(), w.data(), dxp, dw.data(), db.data());
         CHECK(worst_rel_err(std::vector<T>(dxp, dxp + n), ref.dx) <= naive_tol<T>());
         CHECK(worst_rel_err(db, ref.dbias) <= naive_tol<T>());
-        CHECK(streamed.count() >= 1);  // and so did the backward
+        CHECK(PlanLog::streamed() >= 1);  // and so did the backward
         // dweight is not checked here: the stores under test do not touch it, and with 10^5
         // values a channel its float products dy * (x - mean) leave an error of about
         // sqrt(m) * 2^-24 * rms(dy * xhat), more than naive_tol * (1 + |dweight|) when dweight
@@ -553,6 +542,7 @@ TEST_CASE("NaN and Inf propagate to their channel only", "[functional]") {
 }
 
 #ifdef _OPENMP
+#include <omp.h>
 
 TEMPLATE_TEST_CASE("results are bitwise identical for 1 and 2 threads", "[functional][threads]", float, double) {
   using T = TestType;

@@ -63,8 +63,6 @@ inline int max_threads() noexcept {
 /// Channels per lane tile: whole channels, at most kLanes lanes.
 inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, kLanes / std::max<Index>(1, v.inner)); }
 
-/// Lane-path rows kPageBytes or more apart put a strip's rows in the same L1 sets: such strips
-/// stay narrow.
 /// Tests set the streaming threshold through this (bytes of output a thread; 0: the CPU's),
 /// so that they run the same paths on every CPU. Set it only while no kernel runs.
 inline Index stream_bytes_override = 0;
@@ -77,6 +75,8 @@ inline Index stream_bytes() noexcept {
   return stream_bytes_override > 0 ? stream_bytes_override : cpu;
 }
 
+/// Lane-path rows kPageBytes or more apart put a strip's rows in the same L1 sets: such strips
+/// stay narrow.
 template <class T>
 constexpr bool rows_share_sets(Index stride) noexcept {
   return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;

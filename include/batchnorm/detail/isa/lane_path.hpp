@@ -264,7 +264,7 @@ inline void strip_grad_sums(const T* x, const T* dy, Index stride, Index r0, Ind
     }
 }
 
-/// The partial gradient sums of a lane tile, one vector of lanes each (GradRows).
+/// The partial gradient sums of a lane tile, one vector of lanes each (lane_grad_rows).
 template <class T>
 struct GradPartials {
   typename simd::Simd<T>::vec t0[kLanes / simd::Simd<T>::lanes];
