@@ -234,6 +234,32 @@ TEMPLATE_TEST_CASE("streamed outputs whose rows start misaligned: a partial narr
   else CHECK(rows == 2 * v.outer);  // y, then dx: every row of the second tile, once each
 }
 
+TEST_CASE("the CPU's streaming threshold: lower on AMD's CPUs where two threads share every row", "[dispatch][stream]") {
+  // 1 MiB of float on two threads, 512 KiB a thread: (N, 1024) splits its channels, so both
+  // threads write part of every row (stream_bytes(true)); (N, 256) splits the batch
+  // (stream_bytes(false)). Only AMD's shared-row threshold is that low (tuning.hpp).
+  const ThreadsAtMost threads(2);
+  if (D::max_threads() < 2) {
+    WARN("one thread only: the shared-row threshold is not reached");
+    return;
+  }
+  REQUIRE(D::stream_bytes_override == 0);
+  const View shared{256, 1024, 1}, segmented{1024, 256, 1};
+  const int W = static_cast<int>(active_lanes<float>());
+  const D::Plan ps = D::make_plan<float>(shared, W), pg = D::make_plan<float>(segmented, W);
+  REQUIRE(ps.segments == 1);
+  REQUIRE(ps.groups >= 2);
+  REQUIRE(pg.segments == D::kSegments);
+  CHECK(D::stream_bytes(true) <= D::stream_bytes(false));
+  CHECK(ps.stream == D::cpu_is_amd());
+  CHECK(!pg.stream);
+  // The kernels run the plan made here.
+  const PlanLog plans;
+  check_training<float>(shared, 0, 91);
+  REQUIRE(!PlanLog::log().empty());
+  for (const auto& [ran, isa] : PlanLog::log()) CHECK(ran.stream == ps.stream);
+}
+
 TEMPLATE_TEST_CASE("empty channels give zero moments and zero sums, reading nothing", "[dispatch][empty]", float,
                    double) {
   using T = TestType;

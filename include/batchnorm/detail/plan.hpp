@@ -67,12 +67,15 @@ inline Index tile_channels(const View& v) noexcept { return std::max<Index>(1, k
 /// so that they run the same paths on every CPU. Set it only while no kernel runs.
 inline Index stream_bytes_override = 0;
 
-/// Bytes of output a thread from which the elementwise passes write with non-temporal stores:
-/// kStreamBytesAmd on AMD's CPUs, kStreamBytes on the others (tuning.hpp), unless a test set
-/// stream_bytes_override.
-inline Index stream_bytes() noexcept {
-  static const Index cpu = cpu_is_amd() ? kStreamBytesAmd : kStreamBytes;
-  return stream_bytes_override > 0 ? stream_bytes_override : cpu;
+/// Bytes of output a thread from which the elementwise passes write with non-temporal stores,
+/// unless a test set stream_bytes_override: kStreamBytes on CPUs other than AMD's; on AMD's,
+/// kStreamSharedBytesAmd where the threads share the rows (shared_rows: a lane or wide-row plan
+/// whose channel groups run on two or more threads), kStreamBytesAmd otherwise (tuning.hpp).
+inline Index stream_bytes(bool shared_rows = false) noexcept {
+  static const bool amd = cpu_is_amd();
+  if (stream_bytes_override > 0) return stream_bytes_override;
+  if (!amd) return kStreamBytes;
+  return shared_rows ? kStreamSharedBytesAmd : kStreamBytesAmd;
 }
 
 /// Lane-path rows kPageBytes or more apart put a strip's rows in the same L1 sets: such strips
@@ -129,7 +132,8 @@ Plan make_plan(const View& v, int lanes) noexcept {
   // Streamed from stream_bytes() of output a thread: the threads that take part, at most one a
   // group or segment. (Stores never change a result.)
   const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
-  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes();
+  const bool shared_rows = working > 1 && p.segments == 1 && !p.row();
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes(shared_rows);
   return p;
 }
 

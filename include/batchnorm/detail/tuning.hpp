@@ -93,9 +93,22 @@ inline constexpr Index kStreamBytes = 1 << 20;
 /// faster with plain stores. Measured on Zen 5 (32 MiB L3; float (N, 256), warm, time with
 /// non-temporal stores / plain): eval on 1 thread 1.33 at 1 MiB, 1.2-1.3 at 4-8 MiB, 0.8 at 12
 /// MiB, 0.6 at 16 MiB; backward 1.1 at 2 MiB, 1.04 at 10 MiB, 0.95 at 12 MiB, 0.86 at 16 MiB;
-/// on 2 threads plain stores are faster up to 16 MiB in all (8 MiB a thread): eval 1.2-1.7,
-/// backward 1.2-1.6.
+/// on 2 threads splitting the batch (segments_of) plain stores are faster up to 16 MiB in all
+/// (8 MiB a thread): eval 1.2-1.7, backward 1.2-1.6.
 inline constexpr Index kStreamBytesAmd = 12 << 20;
+/// bytes of output a thread: the same on AMD's CPUs where the threads share every row (channel
+/// groups of the lane and wide-row paths on two or more threads). Plain stores there bring each
+/// core's lines into the other's cache (L2 prefetches run on past a thread's part of a row);
+/// non-temporal stores do not. Measured on Zen 5 (2 threads, float, warm, time with
+/// non-temporal stores / plain): (N, C) RowMajor 64x1024 to 4096x1024, 128x512 to 4096x512 and
+/// 2048x2048: eval 0.45-0.8, training 0.6-0.9, backward 0.8-1.0; (N, C, L) 256x64x32,
+/// 1024x64x32, 128x32x64: eval 0.5-0.8, training 0.75-1.0, backward 0.75-0.95. Cold (after a
+/// copy of 64 MiB of other buffers), (N, C) and (N, C, L) from 0.5 to 8 MiB: eval 0.65-1.0,
+/// training 0.8-1.1, backward 0.85-1.1. In the suite (medians of 3): mlp and mlp_wide eval
+/// 0.74-0.78 warm and cold, training 0.8-0.83; backward mlp_wide 0.87, but mlp (4096x1024)
+/// 1.09 warm and 1.17 cold, where the gradient sums dominate. 128 KiB a thread streams every
+/// parallel float view of this kind (kParallelMin).
+inline constexpr Index kStreamSharedBytesAmd = 128 << 10;
 
 // --- Threads (parallel.hpp) ------------------------------------------------------------------
 /// values: views smaller than this run on one thread (a fork/join costs more).
