@@ -71,7 +71,7 @@ inline Index stream_bytes_override = 0;
 /// unless a test set stream_bytes_override: kStreamBytes on CPUs other than AMD's; on AMD's,
 /// kStreamSharedBytesAmd where the threads share the rows (shared_rows: a lane or wide-row plan
 /// whose channel groups run on two or more threads), kStreamBytesAmd otherwise (tuning.hpp).
-inline Index stream_bytes(bool shared_rows = false) noexcept {
+inline Index stream_bytes(bool shared_rows) noexcept {
   static const bool amd = cpu_is_amd();
   if (stream_bytes_override > 0) return stream_bytes_override;
   if (!amd) return kStreamBytes;
@@ -130,7 +130,9 @@ Plan make_plan(const View& v, int lanes) noexcept {
   }
   p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
   // Streamed from stream_bytes() of output a thread: the threads that take part, at most one a
-  // group or segment. (Stores never change a result.)
+  // group or segment. Channel groups of the lane and wide-row paths on two or more threads share
+  // every row (segments_of splits the batch instead only for rows of at most kSegmentRowMax
+  // values). (Stores never change a result.)
   const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
   const bool shared_rows = working > 1 && p.segments == 1 && !p.row();
   p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes(shared_rows);

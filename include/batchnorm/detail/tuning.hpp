@@ -104,9 +104,8 @@ inline constexpr Index kStreamBytesAmd = 12 << 20;
 /// 2048x2048: eval 0.45-0.8, training 0.6-0.9, backward 0.8-1.0; (N, C, L) 256x64x32,
 /// 1024x64x32, 128x32x64: eval 0.5-0.8, training 0.75-1.0, backward 0.75-0.95. Cold (after a
 /// copy of 64 MiB of other buffers), (N, C) and (N, C, L) from 0.5 to 8 MiB: eval 0.65-1.0,
-/// training 0.8-1.1, backward 0.85-1.1. In the suite (medians of 3): mlp and mlp_wide eval
-/// 0.74-0.78 warm and cold, training 0.8-0.83; backward mlp_wide 0.87, but mlp (4096x1024)
-/// 1.09 warm and 1.17 cold, where the gradient sums dominate. 128 KiB a thread streams every
+/// training 0.8-1.1, backward 0.85-1.1; the one loss, backward of 4096x1024 in the suite (1.1
+/// warm, 1.2 cold), is a pass the gradient sums dominate. 128 KiB a thread streams every
 /// parallel float view of this kind (kParallelMin).
 inline constexpr Index kStreamSharedBytesAmd = 128 << 10;
 
