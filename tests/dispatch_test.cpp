@@ -15,6 +15,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -531,5 +532,24 @@ TEMPLATE_TEST_CASE("the float accuracy bar holds for channels of 2 to 40 values,
       check_training<T>(View{m, 6, 1}, 0, seed += 3, 1.0, 0.1);
       check_training<T>(View{1, 5, m}, 0, seed += 3, 1.0, 0.1);
     }
+  }
+}
+
+TEMPLATE_TEST_CASE("float dx of channels of at most kExactDxCount values is taken in double, block by block in memory order",
+                   "[dispatch][small]", float, double) {
+  using T = TestType;
+  const F::Index B = D::kExactDxChannels;
+  std::uint32_t seed = 911;
+  // (N, C) rows and rows of inner values, with channel blocks whole, partial and beyond one.
+  for (const View v : {View{16, 2 * B + 3, 1}, View{2, B + 1, 8}, View{3, B, 5}, View{4, 3 * B, 1}}) {
+    INFO("view " << v.outer << "x" << v.channels << "x" << v.inner);
+    PlanLog plans;
+    check_training<T>(v, 1, seed += 7);
+    REQUIRE(!PlanLog::log().empty());
+    const bool exact = std::is_same_v<T, float>;
+    CHECK(std::any_of(PlanLog::log().begin(), PlanLog::log().end(),
+                      [&](const PlanLog::Entry& e) { return e.first.exact_dx == exact; }));
+    CHECK(std::none_of(PlanLog::log().begin(), PlanLog::log().end(),
+                       [&](const PlanLog::Entry& e) { return e.first.exact_dx != exact; }));
   }
 }

@@ -4,6 +4,8 @@
 
 #include "../config.hpp"
 
+#include <cmath>
+
 BATCHNORM_BEGIN_NAMESPACE
 namespace detail {
 
@@ -38,6 +40,11 @@ bool needs_exact(double mean, double invstd, double p, double q, double r) noexc
     return false;
   } else {
     const double limit = 3.4028234663852886e38 / 2;
+    // The common case in one branch: everything finite and well inside the bounds (a NaN fails
+    // every comparison and takes the full test below).
+    const bool inside = (std::fabs(p) <= limit) & (std::fabs(q) <= limit) & (std::fabs(r) <= kExactOffset) &
+                        (std::fabs(mean) <= kExactMagnitude) & (invstd * kExactMagnitude >= 1);
+    if (inside) return false;
     const auto beyond = [](double a, double bound) { return !(a >= -bound && a <= bound); };  // NaN: not exact
     if (mean != mean || invstd != invstd || p != p || q != q || r != r) return false;
     return beyond(p, limit) || beyond(q, limit) || beyond(r, kExactOffset) || beyond(mean, kExactMagnitude) ||

@@ -76,6 +76,9 @@ inline constexpr int kFlush = 8;
 /// where dx is nearly pure cancellation (m = 2: dx = k * (dy - mean dy - xhat * mean dy*xhat)
 /// with xhat = +-1) and T arithmetic would cost more than the 1e-5 accuracy bar.
 inline constexpr Index kExactDxCount = 16;
+/// channels whose dx constants (four accum_t<T> each, on the stack) the exact dx pass of
+/// kExactDxCount takes at a time, row by row.
+inline constexpr Index kExactDxChannels = 128;
 
 // --- Stores (store.hpp) ----------------------------------------------------------------------
 /// bytes of output a thread: from this size the elementwise passes (forward and backward) write

@@ -239,9 +239,15 @@ template <class T, class DxCoef>
 void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, const DxCoef& dx_coef,
               T* dx) noexcept {
   if (p.exact_dx) {
-    for (Index c = c0; c < c0 + nc; ++c) {
-      const auto e = dx_coef.exact(c);
-      exact_dx(x, dy, v, c, e.mean, e.p, e.q, e.r, dx);
+    using A = decltype(dx_coef.exact(c0).mean);
+    A mean[kExactDxChannels], dp[kExactDxChannels], dq[kExactDxChannels], dr[kExactDxChannels];
+    for (Index b0 = c0; b0 < c0 + nc; b0 += kExactDxChannels) {
+      const Index nb = std::min(kExactDxChannels, c0 + nc - b0);
+      for (Index j = 0; j < nb; ++j) {
+        const auto e = dx_coef.exact(b0 + j);
+        mean[j] = e.mean, dp[j] = e.p, dq[j] = e.q, dr[j] = e.r;
+      }
+      exact_dx(x, dy, v, b0, nb, mean, dp, dq, dr, dx);
     }
     return;
   }
