@@ -22,10 +22,13 @@
 
 #if defined(__GNUC__)
 #define BATCHNORM_NOINLINE __attribute__((noinline))
+#define BATCHNORM_ALWAYS_INLINE inline __attribute__((always_inline))
 #elif defined(_MSC_VER)
 #define BATCHNORM_NOINLINE __declspec(noinline)
+#define BATCHNORM_ALWAYS_INLINE __forceinline
 #else
 #define BATCHNORM_NOINLINE
+#define BATCHNORM_ALWAYS_INLINE inline
 #endif
 
 // ---------------------------------------------------------------------------------------------

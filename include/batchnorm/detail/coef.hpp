@@ -32,23 +32,28 @@ inline constexpr double kExactMagnitude = 3.4028234663852886e38 / 65536.0;
 /// maximum (it rounds to the maximum or to inf either way).
 inline constexpr double kExactOffset = 3.4028234663852886e38 / 1048576.0;
 
+/// The full test of needs_exact, out of line: reached only by channels outside the common range.
+inline BATCHNORM_NOINLINE bool needs_exact_edge(double mean, double invstd, double p, double q, double r) noexcept {
+  const double limit = 3.4028234663852886e38 / 2;
+  const auto beyond = [](double a, double bound) { return !(a >= -bound && a <= bound); };  // NaN: not exact
+  if (mean != mean || invstd != invstd || p != p || q != q || r != r) return false;
+  return beyond(p, limit) || beyond(q, limit) || beyond(r, kExactOffset) || beyond(mean, kExactMagnitude) ||
+         invstd * kExactMagnitude < 1;
+}
+
 /// True if a float channel with this mean and invstd, or these constants in double, must be
-/// computed exactly (see Coef). Never for double data.
+/// computed exactly (see Coef). Never for double data. Inline, one branch in the common case
+/// (everything finite and well inside the bounds; a NaN fails every comparison and takes the
+/// full test, needs_exact_edge).
 template <class T>
 bool needs_exact(double mean, double invstd, double p, double q, double r) noexcept {
   if constexpr (sizeof(T) == sizeof(double)) {
     return false;
   } else {
     const double limit = 3.4028234663852886e38 / 2;
-    // The common case in one branch: everything finite and well inside the bounds (a NaN fails
-    // every comparison and takes the full test below).
     const bool inside = (std::fabs(p) <= limit) & (std::fabs(q) <= limit) & (std::fabs(r) <= kExactOffset) &
                         (std::fabs(mean) <= kExactMagnitude) & (invstd * kExactMagnitude >= 1);
-    if (inside) return false;
-    const auto beyond = [](double a, double bound) { return !(a >= -bound && a <= bound); };  // NaN: not exact
-    if (mean != mean || invstd != invstd || p != p || q != q || r != r) return false;
-    return beyond(p, limit) || beyond(q, limit) || beyond(r, kExactOffset) || beyond(mean, kExactMagnitude) ||
-           invstd * kExactMagnitude < 1;
+    return !inside && needs_exact_edge(mean, invstd, p, q, r);
   }
 }
 

@@ -45,13 +45,19 @@ T blend(T old, A batch, A f) noexcept {
   return saturate<T>((1 - f) * static_cast<A>(old) + f * batch);
 }
 
-/// One channel of update_running_stats (count >= 2, f in [0, 1] checked by the caller).
-template <class T, class A>
-void update_channel(A mean, A var, Index count, A f, T& running_mean, T& running_var) noexcept {
-  const A bessel = static_cast<A>(count) / static_cast<A>(count - 1);
-  running_mean = blend(running_mean, mean, f);
-  running_var = blend(running_var, var * bessel, f);
-}
+/// The update of update_running_stats for batches of `count` values a channel (count >= 2, f in
+/// [0, 1] checked by the caller), its Bessel factor count / (count - 1) taken once;
+/// operator() updates one channel.
+template <class A>
+struct Update {
+  A f, bessel;
+  Update(Index count, A f_) noexcept : f(f_), bessel(static_cast<A>(count) / static_cast<A>(count - 1)) {}
+  template <class T>
+  void operator()(A mean, A var, T& running_mean, T& running_var) const noexcept {
+    running_mean = blend(running_mean, mean, f);
+    running_var = blend(running_var, var * bessel, f);
+  }
+};
 }  // namespace detail_running
 
 /// Running-statistics update from the batch statistics of `count` values a channel, per channel:
@@ -73,8 +79,8 @@ void update_running_stats(Index channels, const accum_t<T>* mean, const accum_t<
     batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel (or none), got " +
                                              std::to_string(count));
   if (count == 0) return;
-  for (Index c = 0; c < channels; ++c)
-    detail_running::update_channel(mean[c], var[c], count, static_cast<A>(factor), running_mean[c], running_var[c]);
+  const detail_running::Update<A> update(count, static_cast<A>(factor));
+  for (Index c = 0; c < channels; ++c) update(mean[c], var[c], running_mean[c], running_var[c]);
 }
 
 }  // namespace functional
