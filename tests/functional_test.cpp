@@ -547,11 +547,13 @@ TEST_CASE("NaN and Inf propagate to their channel only", "[functional]") {
 TEMPLATE_TEST_CASE("results are bitwise identical for 1 and 2 threads", "[functional][threads]", float, double) {
   using T = TestType;
   // Both traversal paths and a channels-last-like view, large enough to run threaded; lane tiles
-  // fewer than the threads (channels split in even shares: {3000, 300, 1}, {1000, 33, 8});
+  // fewer than the threads (channels split in even shares: {1000, 300, 1}, {1000, 33, 8});
   // views with few channels or rows of at most 256 values, whose batch is split into segments
-  // instead ({5000, 70, 1}, {3000, 256, 1}, ...).
-  for (const View v : {View{8, 6, 4000}, View{300, 37, 20}, View{5000, 70, 1}, View{2, 600, 300}, View{3000, 300, 1},
-                       View{3000, 256, 1},
+  // instead ({5000, 70, 1}, {3000, 256, 1}, ...); longer rows of many rows, split into 2 to 8
+  // segments by the channels ({3000, 300, 1}: 4; {1024, 2048, 1}: 2, of two lane tiles;
+  // {1100, 64, 32}: 8, wide rows).
+  for (const View v : {View{8, 6, 4000}, View{300, 37, 20}, View{5000, 70, 1}, View{2, 600, 300}, View{1000, 300, 1},
+                       View{3000, 300, 1}, View{1024, 2048, 1}, View{1100, 64, 32}, View{3000, 256, 1},
                        View{1000, 33, 8}, View{300, 2, 300}, View{70000, 1, 1}, View{16, 3, 5000}, View{20000, 32, 1},
                        View{5000, 8, 7}}) {
     INFO("view (outer " << v.outer << ", C " << v.channels << ", inner " << v.inner << ")");

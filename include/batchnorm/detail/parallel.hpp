@@ -56,13 +56,33 @@ inline Index segment_count(const View& v, Index S, Index s) noexcept {
   return (v.outer * (s + 1) / S - v.outer * s / S) * v.inner;
 }
 
+/// The C per-channel values of each segment of a segmented view: segment 0's in the caller's
+/// array `first`, the others' in `scratch` (kSegmentScratch values: segments_of keeps
+/// (S - 1) * C within it), C apart.
+template <class A>
+struct SegmentArrays {
+  A* first;
+  A* scratch;
+  Index channels;
+  SegmentArrays(const View& v, const Plan& p, A* first_, A* scratch_) noexcept
+      : first(first_), scratch(scratch_), channels(v.channels) {
+    BATCHNORM_ASSERT((p.segments - 1) * v.channels <= kSegmentScratch, "the segment scratch holds the view");
+    static_cast<void>(p);
+  }
+  A* operator[](Index s) const noexcept { return s == 0 ? first : scratch + (s - 1) * channels; }
+};
+
 /// Segmented views (p.segments > 1): f(sub, sub_plan, offset, s0, s1) sums the channels of
 /// each segment into s0[0..C), s1[0..C) (zero on entry), on the threads; the segments' sums are
-/// then added in segment order: sum0[c] = sum_s s0_s[c], sum1 likewise.
+/// then added in segment order: sum0[c] = sum_s s0_s[c], sum1 likewise (segment 0's sums are
+/// summed in sum0, sum1 themselves).
 template <class T, class A, class F>
 void segment_sums(const View& v, const Plan& p, F f, A* sum0, A* sum1) noexcept {
-  BATCHNORM_ASSERT(v.channels <= kSegmentChannels && p.segments <= kSegments, "segment arrays hold the view");
-  A s0[kSegments][kSegmentChannels] = {}, s1[kSegments][kSegmentChannels] = {};
+  A t0[kSegmentScratch], t1[kSegmentScratch];
+  const SegmentArrays<A> s0(v, p, sum0, t0), s1(v, p, sum1, t1);
+  const Index n = p.segments * v.channels;
+  std::fill(sum0, sum0 + v.channels, A(0)), std::fill(sum1, sum1 + v.channels, A(0));
+  std::fill(t0, t0 + (n - v.channels), A(0)), std::fill(t1, t1 + (n - v.channels), A(0));
   for_each_segment<T>(v, p, [&](Index s, const View& sub, const Plan& sp, Index off) { f(sub, sp, off, s0[s], s1[s]); });
   for (Index c = 0; c < v.channels; ++c) {
     A a = 0, b = 0;

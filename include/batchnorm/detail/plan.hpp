@@ -16,8 +16,9 @@
 //                    memory order, each row one run across a chunk of channels (wide_rows.hpp).
 //
 // A group (one thread's unit) finishes its statistics and then its elementwise pass, so the
-// second pass finds the group in cache when it fits. With few channels or short rows the threads
-// split the batch into `segments` instead, each segment planned on its own. Every sum has an order
+// second pass finds the group in cache when it fits. With few channels, short rows, or rows of up
+// to kSegmentRowWide values in a long batch, the threads split the batch into `segments` instead
+// (segments_of), each segment planned on its own. Every sum has an order
 // fixed by the view alone: results are bitwise the same for any number of threads.
 #pragma once
 
@@ -85,15 +86,24 @@ constexpr bool rows_share_sets(Index stride) noexcept {
   return stride * static_cast<Index>(sizeof(T)) >= kPageBytes;
 }
 
-/// Few channels (fewer than kFewChannels) or rows of at most kSegmentRowMax values (channels *
-/// inner), and enough values for threads: the batch is cut into kSegments segments that run on the
-/// threads instead of the channel groups; their statistics and sums merge in segment order.
-/// Otherwise 1. From the view alone (never the thread count), so results do not depend on it.
+/// The batch segments of a view, from the view alone (never the thread count), so results do
+/// not depend on it; their statistics and sums merge in segment order. Views with enough values
+/// for threads and at least kSegments rows are cut into segments that run on the threads instead
+/// of channel groups: kSegments of them with few channels (fewer than kFewChannels) or rows of at
+/// most kSegmentRowMax values (channels * inner); with lane-path rows of at most kSegmentRowWide
+/// values and kSegmentWideOuter rows or more, the largest power of two up to kSegments whose
+/// segments after the first fit the scratch ((S - 1) * C <= kSegmentScratch; (N, C): 2 from 683
+/// channels, 4 from 293, 8 below).
+/// Otherwise 1.
 template <class T>
 Index segments_of(const View& v) noexcept {
+  if (v.size() < kParallelMin || v.outer < kSegments) return 1;
   const Index row = v.channels * v.inner;
-  const bool few = v.channels < kFewChannels || row <= kSegmentRowMax;
-  return few && v.size() >= kParallelMin && v.outer >= kSegments ? kSegments : 1;
+  if (v.channels < kFewChannels || row <= kSegmentRowMax) return kSegments;
+  if (row > kSegmentRowWide || v.inner >= kRowMin || v.outer < kSegmentWideOuter) return 1;
+  Index s = 2;
+  while (2 * s <= kSegments && (2 * s - 1) * v.channels <= kSegmentScratch) s *= 2;
+  return s;
 }
 
 /// The plan for a view of T with vectors of `lanes` values. Row paths take one channel a group
@@ -131,8 +141,8 @@ Plan make_plan(const View& v, int lanes) noexcept {
   p.groups = C > 0 ? (C + p.group - 1) / p.group : 0;
   // Streamed from stream_bytes() of output a thread: the threads that take part, at most one a
   // group or segment. Channel groups of the lane and wide-row paths on two or more threads share
-  // every row (segments_of splits the batch instead only for rows of at most kSegmentRowMax
-  // values). (Stores never change a result.)
+  // every row (the views whose batch segments_of splits are those that would share short rows, or
+  // rows of up to kSegmentRowWide values in a long batch). (Stores never change a result.)
   const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
   const bool shared_rows = working > 1 && p.segments == 1 && !p.row();
   p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes(shared_rows);

@@ -128,11 +128,26 @@ inline constexpr Index kSegmentLanes = 64;
 /// other core writes (measured, two threads, in L2: ColMajor 8x32x32x32 training 0.081 ->
 /// 0.042 ms, (N, C) 2048x128 0.086 -> 0.051 ms), and an output that is not 64-byte aligned has
 /// one cache line in every row that both threads write (resnet_s3 channels-last eval 2.2x the
-/// aligned time). Bounded by the per-segment arrays (kSegmentChannels).
+/// aligned time). Bounded by the segment scratch (kSegmentScratch).
 inline constexpr Index kSegmentRowMax = 256;
-/// channels: a segmented view has at most this many (the size of per-segment arrays, in A: 32
-/// KiB for double).
-inline constexpr Index kSegmentChannels = std::max(kFewChannels - 1, kSegmentRowMax);
+/// values: longer lane-path rows, up to this many values, split the batch too when there are
+/// kSegmentWideOuter rows or more, into as many segments as the scratch holds (segments_of).
+/// Split by channels instead, each thread reads a part of every row (runs of a few KiB, on
+/// which, likely, the prefetchers restart at every page). Measured on Zen 5 (float, warm, time split by
+/// rows / split by channels; (N, C) RowMajor 1024x1024, 2048x1024, 4096x1024, 2048x512 and
+/// ColMajor 32x64x56x56, i.e. (3136, 64, 32)): two threads, eval 0.47-0.66, training 0.55-0.89,
+/// backward 0.43-0.71; one thread, eval 0.93-1.0, training 1.0-1.13, backward 1.0-1.11 (each
+/// segment starts its statistics with a two-pass block, lane_moments), 1.2-1.25 at 256 rows,
+/// hence kSegmentWideOuter.
+inline constexpr Index kSegmentRowWide = 2048;
+/// rows: the fewest with which rows of more than kSegmentRowMax values split the batch.
+inline constexpr Index kSegmentWideOuter = 1024;
+/// values: the per-channel statistics or sums of the segments after the first (the first keeps
+/// them in the caller's arrays), in two stack arrays of this many A values (32 KiB for double).
+inline constexpr Index kSegmentScratch = 2048;
+static_assert((kSegments - 1) * std::max(kFewChannels - 1, kSegmentRowMax) <= kSegmentScratch &&
+                  kSegmentRowWide <= kSegmentScratch,
+              "the scratch holds the segments after the first of every segmented view");
 
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

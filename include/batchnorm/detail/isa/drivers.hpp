@@ -104,20 +104,22 @@ void moments(const T* x, const View& v, A* mean, A* m2) noexcept {
   const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   if (p.segments > 1) {
-    BATCHNORM_ASSERT(v.channels <= kSegmentChannels, "segment arrays hold the view");
-    A sm[kSegments][kSegmentChannels], s2[kSegments][kSegmentChannels];
+    // Segment 0 into mean, m2; the others into the scratch (segment_arrays).
+    A sm[kSegmentScratch], s2[kSegmentScratch];
+    const SegmentArrays<A> means(v, p, mean, sm), m2s(v, p, m2, s2);
     for_each_segment<T>(v, p, [&](Index s, const View& sub, const Plan& sp, Index off) {
-      group_moments(x + off, sub, sp, 0, sub.channels, sm[s], s2[s]);
+      group_moments(x + off, sub, sp, 0, sub.channels, means[s], m2s[s]);
     });
     // The segments merge in order (Moments::merge), with factors taken once per segment: every
     // channel has the same counts. A segment holds a row or more (outer >= kSegments), and a
     // segmented view has kParallelMin values or more, so no segment is empty.
-    for (Index c = 0; c < v.channels; ++c) mean[c] = sm[0][c], m2[c] = s2[0][c];
     A n = static_cast<A>(segment_count(v, p.segments, 0));
     for (Index s = 1; s < p.segments; ++s) {
       const A nb = static_cast<A>(segment_count(v, p.segments, s));
       const ChanFactors<A> merge(n, nb);
-      for (Index c = 0; c < v.channels; ++c) merge.apply(mean[c], m2[c], sm[s][c], s2[s][c]);
+      const A* ms = means[s];
+      const A* qs = m2s[s];
+      for (Index c = 0; c < v.channels; ++c) merge.apply(mean[c], m2[c], ms[c], qs[c]);
       n += nb;
     }
     return;
