@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Turn batchnorm_bench's Google Benchmark JSON into results.md and chart.png.
+"""Turn batchnorm_bench's Google Benchmark JSON into results.md, chart.png and readme_table.md
+(the README's speed table, float32 on one thread).
 
 Standard library only; the chart is drawn by gnuplot (pngcairo, else png) when it is on PATH.
 
@@ -406,6 +407,45 @@ def have_pngcairo():
     return "pngcairo" in (p.stdout + p.stderr)
 
 
+SHAPE_DIMS = {"resnet_s1": "32x64x56x56", "resnet_s3": "64x256x14x14", "small": "8x32x32x32", "mlp": "4096x1024",
+              "mlp_wide": "256x2048"}  # bench/harness.hpp's shapes()
+
+
+def readme_table(results):
+    """The README's speed table: float32, one thread, every op and shape; ms (x baseline), warm /
+    cold, for our nchw cell, our best layout, the floors of nchw, and each rival's best layout."""
+    def entry(r, layout=None):
+        if not ok(r):
+            return ""
+        return " / ".join(f"{r[c]['ms']:.3g} ({r[c]['ratio']:.2f})" + (f" {layout[c]}" if layout else "")
+                          for c in CONDITIONS)
+
+    def best_entry(impl, op, shape):
+        picks = {c: best(results, impl, "f32", op, shape, 1, c) for c in CONDITIONS}
+        if any(r is None for _, r in picks.values()):
+            return ""
+        merged = {c: picks[c][1][c] for c in CONDITIONS}
+        return entry(merged, {c: picks[c][0] for c in CONDITIONS})
+
+    head = ("| float32, 1 thread, ms (x baseline), warm / cold | batchnorm nchw | batchnorm best layout | "
+            "floor of nchw | floor_exact of nchw | oneDNN best layout | libtorch best layout |")
+    lines = [head, "|" + "---|" * 7]
+    for op in OPS:
+        for shape in SHAPES:
+            key = ("batchnorm", "f32", op, shape, "nchw", 1)
+            if key not in results:
+                continue
+            if op == "forward_eval":
+                floors = ["copy", "copy"]
+            else:
+                floors = [entry(floor_of(results, key, impl)[1]) for impl in ("floor", "floor_exact")]
+            row = [f"{op.replace('_', ' ')} {shape} {SHAPE_DIMS.get(shape, '')}".rstrip(), entry(results[key]),
+                   best_entry("batchnorm", op, shape), *floors, best_entry("onednn", op, shape),
+                   best_entry("libtorch", op, shape)]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="Google Benchmark JSON output of batchnorm_bench")
@@ -425,7 +465,10 @@ def main():
         text += f"\n![chart]({os.path.basename(png)})\n"
     with open(md, "w", encoding="utf-8") as f:
         f.write(text)
-    print(f"report.py: wrote {md}" + (f" and {png}" if png else ""))
+    table = os.path.join(args.out_dir, "readme_table.md")
+    with open(table, "w", encoding="utf-8") as f:
+        f.write(readme_table(results))
+    print(f"report.py: wrote {md}, {table}" + (f" and {png}" if png else ""))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build batchnorm_bench (cmake --preset release, target batchnorm_bench only), run the benchmark
-# suite once with JSON output, and write results.md and chart.png (report.py, gnuplot) into
-# build/bench-results, or with --publish into bench/results (the tracked copy). Runnable from any
-# directory.
+# suite once with JSON output, and write results.md, chart.png and readme_table.md (report.py,
+# gnuplot) into build/bench-results, or with --publish into bench/results (the tracked copy).
+# Runnable from any directory.
 #
 #   bench/run_suite.sh [--short] [--min-time SECONDS] [--filter REGEX] [--out-dir DIR | --publish]
 #                      [--no-build]
@@ -11,7 +11,7 @@
 #                  (batchnorm, oneDNN, libtorch) on the same subset
 #   --min-time S   Google Benchmark's --benchmark_min_time (default 0.2, 0.05 with --short)
 #   --filter R     a --benchmark_filter regex of your own (replaces the --short one)
-#   --out-dir DIR  where results.json, meta.txt, results.md, chart.png go (default
+#   --out-dir DIR  where results.json, meta.txt, results.md, chart.png, readme_table.md go (default
 #                  build/bench-results)
 #   --publish      write them into bench/results, the copy the README's tables come from
 #   --no-build     use the binary already in build/release
