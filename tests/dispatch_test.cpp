@@ -271,6 +271,57 @@ TEST_CASE("the CPU's streaming threshold: lower on AMD's CPUs where two threads 
   for (const auto& [ran, isa] : PlanLog::log()) CHECK(ran.stream == ps.stream);
 }
 
+TEMPLATE_TEST_CASE("inference forward splits the batch among the threads where their channel groups would share rows",
+                   "[dispatch][threads]", float, double) {
+  using T = TestType;
+  const ThreadsAtMost threads(2);
+  if (D::max_threads() < 2) {
+    WARN("one thread only: no channel groups to share rows");
+    return;
+  }
+  const int W = static_cast<int>(active_lanes<T>());
+  // (N, C) of one lane tile split into two channel groups; wide rows of several chunks.
+  for (const View v : {View{256, 1024, 1}, View{40, 3 * D::kWideChannels, 32}}) {
+    INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << ")");
+    const D::Plan shared = D::make_plan<T>(v, W), plan = D::make_elementwise_plan<T>(v, W);
+    REQUIRE(shared.segments == 1);
+    REQUIRE(shared.groups >= 2);
+    CHECK(plan.segments == 2);
+    CHECK(plan.path == shared.path);
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto C = static_cast<std::size_t>(v.channels);
+    const auto x = normal_values<T>(n, 3.0, 2.0, 31);
+    const auto rm = normal_values<T>(C, 3.0, 0.5, 32);
+    auto rv = normal_values<T>(C, 0.0, 1.0, 33);
+    for (T& e : rv) e = e * e + T(0.5);
+    const auto w = normal_values<T>(C, 1.0, 0.3, 34), b = normal_values<T>(C, 0.0, 0.3, 35);
+    std::vector<T> y2(n), y1(n);
+    {
+      const PlanLog plans;
+      F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y2.data());
+      REQUIRE(PlanLog::log().size() == 1);
+      CHECK(PlanLog::log()[0].first.segments == 2);
+    }
+    {
+      const ThreadsAtMost one(1);
+      F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y1.data());
+    }
+    CHECK(y1 == y2);
+    // Against the formula in long double.
+    double worst = 0;
+    for (F::Index o = 0; o < v.outer; ++o)
+      for (F::Index c = 0; c < v.channels; ++c)
+        for (F::Index i = 0; i < v.inner; ++i) {
+          const auto k = static_cast<std::size_t>((o * v.channels + c) * v.inner + i);
+          const auto cc = static_cast<std::size_t>(c);
+          const long double ref = (static_cast<long double>(x[k]) - rm[cc]) /
+                                      std::sqrt(static_cast<long double>(rv[cc]) + 1e-5L) * w[cc] + b[cc];
+          worst = std::max(worst, static_cast<double>(std::fabs((y2[k] - ref) / (std::fabs(ref) + 1))));
+        }
+    CHECK(worst <= naive_tol<T>());
+  }
+}
+
 TEMPLATE_TEST_CASE("empty channels give zero moments and zero sums, reading nothing", "[dispatch][empty]", float,
                    double) {
   using T = TestType;

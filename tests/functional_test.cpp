@@ -571,15 +571,18 @@ TEMPLATE_TEST_CASE("results are bitwise identical for 1 and 2 threads", "[functi
     struct Out {
       std::vector<T> y, dx, dw, db, rm, rv;
       std::vector<Acc<T>> mean, invstd;
+      std::vector<T> y_eval;  // inference with the running statistics the training call updated
     };
     const auto run = [&](int threads) {
       omp_set_num_threads(threads);
       Out o{std::vector<T>(n), std::vector<T>(n), std::vector<T>(C), std::vector<T>(C),
-            std::vector<T>(C, T(0.5)), std::vector<T>(C, T(2)), std::vector<Acc<T>>(C), std::vector<Acc<T>>(C)};
+            std::vector<T>(C, T(0.5)), std::vector<T>(C, T(2)), std::vector<Acc<T>>(C), std::vector<Acc<T>>(C),
+            std::vector<T>(n)};
       F::forward_training(x.data(), v, w.data(), b.data(), o.rm.data(), o.rv.data(), 0.1, 1e-5, o.y.data(), o.mean.data(),
                           o.invstd.data());
       F::backward_training(x.data(), dy.data(), v, o.mean.data(), o.invstd.data(), w.data(), o.dx.data(), o.dw.data(),
                            o.db.data());
+      F::forward_inference(x.data(), v, o.rm.data(), o.rv.data(), w.data(), b.data(), 1e-5, o.y_eval.data());
       return o;
     };
     const int before = omp_get_max_threads();
@@ -593,6 +596,7 @@ TEMPLATE_TEST_CASE("results are bitwise identical for 1 and 2 threads", "[functi
     CHECK(one.rv == two.rv);
     CHECK(one.mean == two.mean);
     CHECK(one.invstd == two.invstd);
+    CHECK(one.y_eval == two.y_eval);
   }
 }
 #endif

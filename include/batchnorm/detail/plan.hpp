@@ -149,6 +149,23 @@ Plan make_plan(const View& v, int lanes) noexcept {
   return p;
 }
 
+/// The plan of a pass with no sums (normalize: inference forward), whose results cannot depend on
+/// the plan: make_plan's, except that a view whose channel groups would share every row on two
+/// or more threads splits its batch into one segment a thread instead, each at least two rows
+/// (the thread count may decide here: every value is computed the same way in any segment).
+/// Measured on Zen 5 (float eval, two threads, warm, time after / before): (N, C) 256x2048 0.65,
+/// 512x512 0.67, 256x1024 0.93; ColMajor (196, 256, 64) 1.0.
+template <class T>
+Plan make_elementwise_plan(const View& v, int lanes) noexcept {
+  Plan p = make_plan<T>(v, lanes);
+  const Index threads = p.parallel ? max_threads() : 1;
+  const bool shared_rows = p.segments == 1 && !p.row() && std::min(threads, p.groups) > 1;
+  if (!shared_rows || v.outer < 2 * threads) return p;
+  p.segments = threads;
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) / threads >= stream_bytes(false);
+  return p;
+}
+
 /// Tests watch the plans the kernels run through this hook (nullptr: nobody watches). It is
 /// called once per kernel call, from the calling thread, with the plan of the whole view and
 /// the Isa of the copy that runs it.

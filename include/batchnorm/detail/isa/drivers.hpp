@@ -182,7 +182,7 @@ inline constexpr auto scale_of = [](auto dyv, auto, auto, auto, auto p, auto, au
 /// groups of the plan, or its batch segments.
 template <class T, class CoefOf>
 void normalize(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
-  const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
+  const Plan p = make_elementwise_plan<T>(v, simd::Simd<T>::lanes);
   observe(p);
   if (p.segments > 1) {
     segments_apply_exact<T, false>(x, nullptr, y, v, p, coef_of, affine_of);
