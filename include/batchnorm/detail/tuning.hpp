@@ -133,8 +133,8 @@ inline constexpr Index kSegmentRowMax = 256;
 /// values: longer lane-path rows, up to this many values, split the batch too when there are
 /// kSegmentWideOuter rows or more, into as many segments as the scratch holds (segments_of).
 /// Split by channels instead, each thread reads a part of every row (runs of a few KiB, on
-/// which, likely, the prefetchers restart at every page). Measured on Zen 5 (float, warm, time split by
-/// rows / split by channels; (N, C) RowMajor 1024x1024, 2048x1024, 4096x1024, 2048x512 and
+/// which, likely, the prefetchers restart at every page). Measured on Zen 5 (float, warm, time
+/// split by rows / split by channels; (N, C) RowMajor 1024x1024, 2048x1024, 4096x1024, 2048x512 and
 /// ColMajor 32x64x56x56, i.e. (3136, 64, 32)): two threads, eval 0.47-0.66, training 0.55-0.89,
 /// backward 0.43-0.71; one thread, eval 0.93-1.0, training 1.0-1.13, backward 1.0-1.11 (each
 /// segment starts its statistics with a two-pass block, lane_moments), 1.2-1.25 at 256 rows,

@@ -28,8 +28,8 @@ namespace detail_forward {
 /// Always inlined into the kernels' loops over channels: called once a channel, out of line it
 /// costs a tenth of a small batch's training forward (16x4096 float).
 template <class T>
-BATCHNORM_ALWAYS_INLINE batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, const T* weight, const T* bias,
-                                          Index c) noexcept {
+BATCHNORM_ALWAYS_INLINE batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mean, accum_t<T> invstd, const T* weight,
+                                                                  const T* bias, Index c) noexcept {
   using A = accum_t<T>;
   batchnorm::detail::Coef<T> cf;
   const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
