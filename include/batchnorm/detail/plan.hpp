@@ -111,8 +111,14 @@ Index segments_of(const View& v) noexcept {
 /// take a range of whole tiles a group, one range per thread, or, with fewer tiles than
 /// threads, an even share of the channels rounded to whole vectors of lanes. Lanes are
 /// independent: the partition never changes a result.
+/// elementwise: a pass with no sums (normalize), whose results cannot depend on the plan; a view
+/// whose channel groups would share every row on two or more threads then splits its batch into
+/// one segment a thread instead, each of two rows or more (the thread count may decide this:
+/// every value is computed the same way in any segment). Measured on Zen 5 (float eval, two
+/// threads, warm, time after / before): (N, C) 256x2048 0.65, 512x512 0.67, 256x1024 0.93;
+/// ColMajor (196, 256, 64) 1.0.
 template <class T>
-Plan make_plan(const View& v, int lanes) noexcept {
+Plan make_plan(const View& v, int lanes, bool elementwise = false) noexcept {
   Plan p;
   p.lanes = lanes;
   const Index C = v.channels;
@@ -143,27 +149,19 @@ Plan make_plan(const View& v, int lanes) noexcept {
   // group or segment. Channel groups of the lane and wide-row paths on two or more threads share
   // every row (the views whose batch segments_of splits are those that would share short rows, or
   // rows of up to kSegmentRowWide values in a long batch). (Stores never change a result.)
+  const auto shares_rows = [&] {
+    return p.segments == 1 && !p.row() && std::min<Index>(threads, p.groups) > 1;
+  };
+  if (elementwise && shares_rows() && v.outer >= 2 * threads) p.segments = threads;
   const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
-  const bool shared_rows = working > 1 && p.segments == 1 && !p.row();
-  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes(shared_rows);
+  p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes(shares_rows());
   return p;
 }
 
-/// The plan of a pass with no sums (normalize: inference forward), whose results cannot depend on
-/// the plan: make_plan's, except that a view whose channel groups would share every row on two
-/// or more threads splits its batch into one segment a thread instead, each at least two rows
-/// (the thread count may decide here: every value is computed the same way in any segment).
-/// Measured on Zen 5 (float eval, two threads, warm, time after / before): (N, C) 256x2048 0.65,
-/// 512x512 0.67, 256x1024 0.93; ColMajor (196, 256, 64) 1.0.
+/// make_plan of a pass with no sums (normalize: inference forward).
 template <class T>
 Plan make_elementwise_plan(const View& v, int lanes) noexcept {
-  Plan p = make_plan<T>(v, lanes);
-  const Index threads = p.parallel ? max_threads() : 1;
-  const bool shared_rows = p.segments == 1 && !p.row() && std::min(threads, p.groups) > 1;
-  if (!shared_rows || v.outer < 2 * threads) return p;
-  p.segments = threads;
-  p.stream = v.size() * static_cast<Index>(sizeof(T)) / threads >= stream_bytes(false);
-  return p;
+  return make_plan<T>(v, lanes, true);
 }
 
 /// Tests watch the plans the kernels run through this hook (nullptr: nobody watches). It is

@@ -119,7 +119,7 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
     batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel when training, got 1 (outer " +
                                              std::to_string(v.outer) + ", inner " + std::to_string(v.inner) + ")");
   // save_invstd holds M2, then var, then invstd: no scratch memory.
-  const auto finish = [&, m](Index c0, Index nc) {
+  const auto finish = [&](Index c0, Index nc) {
     if (m == 0) {
       for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] = invstd_of(A(0), eps);
       return;
