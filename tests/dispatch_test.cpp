@@ -12,8 +12,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -37,6 +39,12 @@ namespace {
 
 template <class T>
 using Acc = F::accum_t<T>;
+
+/// The same double, bit for bit; any NaN equals any NaN (IEEE 754 leaves NaN payloads open).
+bool same_bits(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
 
 /// Values of T per vector of the copy that runs.
 template <class T>
@@ -147,7 +155,9 @@ TEMPLATE_TEST_CASE("each traversal of the plan runs on the shapes made for it an
       {{3, 2, D::kRowMin + 3}, D::Path::row, 1},
       {{1, 3, 5 * D::kChunk + 1}, D::Path::row, 1},  // one row of several chunks
       {{2, 9, D::kChunk / 2}, D::Path::row_short, 1},
-      {{1, 7, 3}, D::Path::row_short, 1},
+      // One row: channels shorter than a vector take the lane path up to kOneRowLanes values.
+      {{1, 7, 3}, 3 < W ? D::Path::lane : D::Path::row_short, 1},
+      {{1, 7, D::kOneRowLanes + 1}, D::Path::row_short, 1},
       {{50, 3, 1}, D::Path::lane, 1},
       {{40, D::kLanes + 5, 1}, D::Path::lane, 1},  // two tiles
       {{30, 5, W - 1}, D::Path::lane, 1},
@@ -309,6 +319,33 @@ TEMPLATE_TEST_CASE("inference forward splits the batch among the threads where t
     CHECK(y1 == y2);
     const auto ref = naive_batch_norm(x, x, v, false, w, b, 1e-5, rm, rv);  // dy unused here
     CHECK(worst_rel_err(y2, ref.y) <= naive_tol<T>());
+  }
+}
+
+TEMPLATE_TEST_CASE("inference forward of one row takes the lane path where channels are shorter than a vector",
+                   "[dispatch][one_row]", float, double) {
+  using T = TestType;
+  const int W = static_cast<int>(active_lanes<T>());
+  // Channels of 1 value (a batch of one (N, C) sample), of W - 1, and of W: the row path again.
+  for (const View v : {View{1, 4096, 1}, View{1, 300, W - 1}, View{1, 33, W}}) {
+    INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << "), W " << W);
+    const bool lanes = v.inner < W;
+    const auto n = static_cast<std::size_t>(v.size());
+    const auto C = static_cast<std::size_t>(v.channels);
+    const auto x = normal_values<T>(n, 3.0, 2.0, 41);
+    const auto rm = normal_values<T>(C, 3.0, 0.5, 42);
+    auto rv = normal_values<T>(C, 0.0, 1.0, 43);
+    for (T& e : rv) e = e * e + T(0.5);
+    const auto w = normal_values<T>(C, 1.0, 0.3, 44), b = normal_values<T>(C, 0.0, 0.3, 45);
+    std::vector<T> y(n);
+    {
+      const PlanLog plans;
+      F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y.data());
+      REQUIRE(PlanLog::log().size() == 1);
+      CHECK(path_name(PlanLog::log()[0].first.path) == std::string(lanes ? "lane" : "row_short"));
+    }
+    const auto ref = naive_batch_norm(x, x, v, false, w, b, 1e-5, rm, rv);  // dy unused here
+    CHECK(worst_rel_err(y, ref.y) <= naive_tol<T>());
   }
 }
 
@@ -547,6 +584,34 @@ TEST_CASE("eval-mode backward in place: gradient sums taken again in double read
       CHECK(bn.weight_grad()(c) == dweight(c));
     }
     for (Eigen::Index k = 0; k < x.size(); ++k) CHECK(dy.data()[k] == dx.data()[k]);
+  }
+}
+
+TEST_CASE("the kernels' invstd is invstd_of bitwise, a vector of channels at a time, tail included",
+          "[dispatch][invstd]") {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  // Edge values first (zero, denormal, negative, inf, NaN, huge), then random variances.
+  std::vector<double> var{0.0, 4.9e-324, 1e-300, -0.0, -1.0, inf, nan, 1.7e308, 1e-5, 1.0, 3.0, 0.25};
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> exponent(-30.0, 30.0);
+  for (int i = 0; i < 41; ++i) var.push_back(std::pow(10.0, exponent(rng)));
+  // Each length from 0 to every value: every tail of the vector width, in place and not.
+  for (const double eps : {1e-5, 1e-3, 1e-300}) {
+    for (std::size_t n = 0; n <= var.size(); ++n) {
+      INFO("eps " << eps << ", n " << n);
+      std::vector<double> out(n + 1, -7.0), in_place(var.begin(), var.begin() + static_cast<std::ptrdiff_t>(n));
+      D::with_kernels(batchnorm::active_isa(), [&](auto kernels) {
+        kernels.run_invstd(var.data(), static_cast<F::Index>(n), eps, out.data());
+        kernels.run_invstd(in_place.data(), static_cast<F::Index>(n), eps, in_place.data());
+      });
+      for (std::size_t c = 0; c < n; ++c) {
+        const double want = F::invstd_of(var[c], eps);
+        INFO("var " << var[c]);
+        CHECK(same_bits(out[c], want));
+        CHECK(same_bits(in_place[c], want));
+      }
+      CHECK(out[n] == -7.0);  // nothing written past n
+    }
   }
 }
 

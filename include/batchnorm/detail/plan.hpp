@@ -4,9 +4,9 @@
 // Every kernel (isa/drivers.hpp) starts with make_plan and runs what it names; nothing else
 // re-derives "few channels?" or "short rows?". The traversals, one file each under isa/:
 //
-//   Path::row        rows of kRowMin values or more (or a single row): channel c is `outer` rows
-//                    of `inner` contiguous values; loops run along the rows with per-channel
-//                    constants, one channel a group (row_path.hpp).
+//   Path::row        rows of kRowMin values or more (or a single row, but see kOneRowLanes):
+//                    channel c is `outer` rows of `inner` contiguous values; loops run along the
+//                    rows with per-channel constants, one channel a group (row_path.hpp).
 //   Path::row_short  the same with a channel of at most kChunk values: a group holds several
 //                    channels whose passes run together, so their latencies overlap.
 //   Path::lane       shorter rows: for fixed o the values of a tile of whole channels are one
@@ -126,7 +126,10 @@ Plan make_plan(const View& v, int lanes, bool elementwise = false) noexcept {
   p.parallel = threads > 1;
   p.segments = segments_of<T>(v);
   p.exact_dx = sizeof(T) == sizeof(float) && v.count() > 0 && v.count() <= kExactDxCount;
-  if (v.inner >= kRowMin || v.outer <= 1) {
+  // One row: the row path, unless its channels are shorter than a vector and the lane path
+  // takes them (kOneRowLanes).
+  const bool one_row_lanes = v.outer == 1 && v.inner < lanes && (elementwise || v.inner <= kOneRowLanes);
+  if (v.inner >= kRowMin || (v.outer <= 1 && !one_row_lanes)) {
     const bool short_channels = v.outer * v.inner <= kChunk;
     p.path = short_channels ? Path::row_short : Path::row;
     const Index bytes = std::max<Index>(1, v.outer * v.inner * static_cast<Index>(sizeof(T)));

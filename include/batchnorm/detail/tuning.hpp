@@ -20,6 +20,14 @@ inline constexpr Index kRowMin = 1024;
 /// per-lane constants and sums are stack arrays of this size).
 inline constexpr Index kLanes = 1024;
 static_assert(kRowMin <= kLanes, "a lane tile must hold one channel of the longest lane-path row");
+/// values: a view of one row (outer 1) takes the row path, one channel at a time, except where
+/// its channels are shorter than a vector: the elementwise pass (inference forward) then always
+/// takes the lane path, the other passes up to this many values a channel. Measured on Zen 5
+/// (one thread, warm, medians of 5, time lane / row path): eval (1, 4096) float 0.48, double
+/// 0.41, (1, 4096, 8) float 0.58, (1, 1024, 4) 0.74 and 0.57; training and backward (1, 1024,
+/// inner) at inner 2, 3, 4: float 0.48-0.72, 0.60-0.81, 0.73-0.90, double 0.57-0.61, 0.73-0.79,
+/// 0.80-0.85; at inner 6 1.0-1.13.
+inline constexpr Index kOneRowLanes = 4;
 
 // --- Row path (row_path.hpp) -----------------------------------------------------------------
 /// values: a two-pass chunk of the row path, read twice from L1 (8 KiB of float).

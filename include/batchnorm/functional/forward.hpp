@@ -118,25 +118,27 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
   if (m == 1)
     batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel when training, got 1 (outer " +
                                              std::to_string(v.outer) + ", inner " + std::to_string(v.inner) + ")");
-  // save_invstd holds M2, then var, then invstd: no scratch memory.
-  const auto finish = [&](Index c0, Index nc) {
-    if (m == 0) {
-      for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] = invstd_of(A(0), eps);
-      return;
-    }
-    const A count = static_cast<A>(m);
-    for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] /= count;  // var = M2 / m
-    if (running_mean) {
-      const detail_running::Update<A> update(m, static_cast<A>(factor));
-      for (Index c = c0; c < c0 + nc; ++c) update(save_mean[c], save_invstd[c], running_mean[c], running_var[c]);
-    }
-    for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] = invstd_of(save_invstd[c], eps);
-  };
   const auto coef = [&](Index c) {
     return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c);
   };
-  batchnorm::detail::dispatch(
-      [&](auto kernels) { kernels.run_forward_training(x, v, finish, coef, y, save_mean, save_invstd); });
+  batchnorm::detail::dispatch([&](auto kernels) {
+    // save_invstd holds M2, then var, then invstd: no scratch memory. invstd_of in vectors of
+    // channels (the kernels' invstd, the same bits).
+    const auto finish = [&](Index c0, Index nc) {
+      if (m == 0) {
+        for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] = invstd_of(A(0), eps);
+        return;
+      }
+      const A count = static_cast<A>(m);
+      for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] /= count;  // var = M2 / m
+      if (running_mean) {
+        const detail_running::Update<A> update(m, static_cast<A>(factor));
+        for (Index c = c0; c < c0 + nc; ++c) update(save_mean[c], save_invstd[c], running_mean[c], running_var[c]);
+      }
+      kernels.run_invstd(save_invstd + c0, nc, eps, save_invstd + c0);
+    };
+    kernels.run_forward_training(x, v, finish, coef, y, save_mean, save_invstd);
+  });
 }
 
 /// Inference forward with running statistics (PyTorch's batch_norm with training=False):

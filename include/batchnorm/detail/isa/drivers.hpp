@@ -163,6 +163,22 @@ void group_grad_sums(const T* x, const T* dy, const View& v, const Plan& p, Inde
   }
 }
 
+/// out[c] = 1 / sqrt(var[c] + eps) for c < n: functional::invstd_of a vector of channels at a
+/// time. Each operation is correctly rounded in both forms, so the bits are the scalar form's.
+/// out may be var (in place).
+template <class A>
+void invstd(const A* var, Index n, double eps, A* out) noexcept {
+  using S = simd::Simd<A>;
+  constexpr Index W = S::lanes;
+  const auto e = S::zero() + static_cast<A>(eps), one = S::zero() + A(1);
+  Index c = 0;
+  for (; c + W <= n; c += W) S::store(out + c, one / S::sqrt(S::load(var + c) + e));
+  if (c < n) {  // zeros in the lanes past n: sqrt(eps), never stored
+    const int r = static_cast<int>(n - c);
+    S::store_n(out + c, one / S::sqrt(S::load_n(var + c, r) + e), r);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The elementwise formulas, with the constants of functional/ (Coef): each is the T form of the
 // formula stated on the functional function that uses it.
@@ -353,6 +369,10 @@ struct Kernels {
   template <class... Args>
   static void run_moments(Args&&... args) noexcept {
     moments(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_invstd(Args&&... args) noexcept {
+    invstd(std::forward<Args>(args)...);
   }
   template <class... Args>
   static void run_normalize(Args&&... args) noexcept {

@@ -94,6 +94,22 @@ struct Simd {
     for (int l = n; l < lanes; ++l) v[l] = T(0);
     return v;
   }
+  /// The square root of every lane, correctly rounded as std::sqrt (IEEE 754): the same bits,
+  /// NaN for a negative lane.
+  static vec sqrt(vec v) noexcept {
+#if BATCHNORM_X86
+    if constexpr (sizeof(T) == 8 && kBytes == 64) {
+      // The maskz form: GCC 12's _mm512_sqrt_pd warns -Wmaybe-uninitialized (_mm512_undefined_pd).
+      return reinterpret_cast<vec>(_mm512_maskz_sqrt_pd(static_cast<__mmask8>(0xFF), reinterpret_cast<__m512d>(v)));
+    } else if constexpr (sizeof(T) == 8 && kBytes == 32) {
+      return reinterpret_cast<vec>(_mm256_sqrt_pd(reinterpret_cast<__m256d>(v)));
+    } else if constexpr (sizeof(T) == 8 && kBytes == 16) {
+      return reinterpret_cast<vec>(_mm_sqrt_pd(reinterpret_cast<__m128d>(v)));
+    }
+#endif
+    for (int l = 0; l < lanes; ++l) v[l] = std::sqrt(v[l]);
+    return v;
+  }
   /// Part k of v (float: half k) in A. AVX-512 and AVX2 convert a half in one instruction
   /// (GCC's generic form splits the 512-bit conversion into four 128-bit ones and shuffles:
   /// the lane path's float statistics ran 1.5x slower).
@@ -267,6 +283,7 @@ struct Simd {
   static void store_n(T*, vec, int) noexcept {}
   static vec keep_n(vec, int) noexcept { return vec{}; }
   static vec blend_first(vec, vec b, int) noexcept { return b; }
+  static vec sqrt(vec v) noexcept { return std::sqrt(v); }
   static void accumulate(wide& w, const vec& v) noexcept { w.p += static_cast<A>(v); }
   static void add(wide& w, const wide& u) noexcept { w.p += u.p; }
   static constexpr bool wide_products = true;
