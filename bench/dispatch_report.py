@@ -21,10 +21,10 @@ import sys
 
 LIMIT = 1.10  # the acceptance criterion: default / native at most 1.10 on every cell
 OPS = ["forward_train", "forward_eval", "backward_train"]
-SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide"]  # harness order
+SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide", "mlp_b16"]  # harness order
 LAYOUTS = ["nchw", "colmajor", "nhwc"]
 DIMS = {"resnet_s1": "32x64x56x56", "resnet_s3": "64x256x14x14", "small": "8x32x32x32",
-        "mlp": "4096x1024", "mlp_wide": "256x2048"}
+        "mlp": "4096x1024", "mlp_wide": "256x2048", "mlp_b16": "16x4096"}
 
 
 def order(value, table):

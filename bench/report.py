@@ -24,7 +24,7 @@ import sys
 IMPLS = ["batchnorm", "batchnorm_malloc", "floor", "floor_exact", "onednn", "libtorch", "eigen_naive"]
 RIVALS = ["onednn", "libtorch"]  # the competitors of the targets
 OPS = ["forward_train", "forward_eval", "backward_train"]
-SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide"]  # harness order
+SHAPES = ["resnet_s1", "resnet_s3", "small", "mlp", "mlp_wide", "mlp_b16"]  # harness order
 LAYOUTS = ["nchw", "colmajor", "nhwc", "blocked", "spanning", "nChw16c", "nChw8c"]
 CONDITIONS = ["warm", "cold"]
 LIMIT = 1.10  # the targets: eval / copy, training / floor
@@ -408,7 +408,7 @@ def have_pngcairo():
 
 
 SHAPE_DIMS = {"resnet_s1": "32x64x56x56", "resnet_s3": "64x256x14x14", "small": "8x32x32x32", "mlp": "4096x1024",
-              "mlp_wide": "256x2048"}  # bench/harness.hpp's shapes()
+              "mlp_wide": "256x2048", "mlp_b16": "16x4096"}  # bench/harness.hpp's shapes()
 
 
 def readme_table(results):
