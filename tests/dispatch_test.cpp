@@ -290,8 +290,16 @@ TEMPLATE_TEST_CASE("inference forward splits the batch among the threads where t
     return;
   }
   const int W = static_cast<int>(active_lanes<T>());
-  // (N, C) of one lane tile split into two channel groups; wide rows of several chunks.
-  for (const View v : {View{256, 1024, 1}, View{40, 3 * D::kWideChannels, 32}}) {
+  // (N, C) of one lane tile split into two channel groups; wide rows of several chunks. A small
+  // batch, (16, 4096), keeps its channel groups: every segment would compute every channel's
+  // constants (kElementwiseSegmentRows).
+  {
+    const View small{16, 4096, 1};
+    REQUIRE(small.outer < 2 * D::kElementwiseSegmentRows);
+    CHECK(D::make_elementwise_plan<T>(small, W).segments == 1);
+    CHECK(D::make_elementwise_plan<T>(small, W).groups >= 2);
+  }
+  for (const View v : {View{256, 1024, 1}, View{2 * D::kElementwiseSegmentRows + 1, 3 * D::kWideChannels, 32}}) {
     INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << ")");
     const D::Plan shared = D::make_plan<T>(v, W), plan = D::make_elementwise_plan<T>(v, W);
     REQUIRE(shared.segments == 1);

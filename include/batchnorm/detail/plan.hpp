@@ -113,10 +113,8 @@ Index segments_of(const View& v) noexcept {
 /// independent: the partition never changes a result.
 /// elementwise: a pass with no sums (normalize), whose results cannot depend on the plan; a view
 /// whose channel groups would share every row on two or more threads then splits its batch into
-/// one segment a thread instead, each of two rows or more (the thread count may decide this:
-/// every value is computed the same way in any segment). Measured on Zen 5 (float eval, two
-/// threads, warm, time after / before): (N, C) 256x2048 0.65, 512x512 0.67, 256x1024 0.93;
-/// ColMajor (196, 256, 64) 1.0.
+/// one segment a thread instead, each of kElementwiseSegmentRows rows or more (the thread count
+/// may decide this: every value is computed the same way in any segment).
 template <class T>
 Plan make_plan(const View& v, int lanes, bool elementwise = false) noexcept {
   Plan p;
@@ -155,7 +153,7 @@ Plan make_plan(const View& v, int lanes, bool elementwise = false) noexcept {
   const auto shares_rows = [&] {
     return p.segments == 1 && !p.row() && std::min<Index>(threads, p.groups) > 1;
   };
-  if (elementwise && shares_rows() && v.outer >= 2 * threads) p.segments = threads;
+  if (elementwise && shares_rows() && v.outer >= kElementwiseSegmentRows * threads) p.segments = threads;
   const Index working = std::max<Index>(1, std::min<Index>(threads, p.segments > 1 ? p.segments : p.groups));
   p.stream = v.size() * static_cast<Index>(sizeof(T)) / working >= stream_bytes(shares_rows());
   return p;
