@@ -133,6 +133,33 @@ def target_ratio(results, key, r, c):
     return r[c]["ms"] / f[c]["ms"], f"floor {lay}"
 
 
+def steadiness(results):
+    """Markdown lines: how much the baseline of the same bytes (dtype, op, shape, threads,
+    condition), timed inside every benchmark of the group, moved during the run (max / min)."""
+    groups = {}
+    for k, r in results.items():
+        if ok(r):
+            for c in CONDITIONS:
+                groups.setdefault((k[1], k[2], k[3], k[5], c), []).append(r[c]["baseline_ms"])
+    spreads = sorted(((max(v) / min(v), g) for g, v in groups.items() if len(v) > 1), reverse=True)
+    if not spreads:
+        return []
+    median = spreads[len(spreads) // 2][0]
+    out = ["## How steady the machine was", "",
+           "Each benchmark times its own baseline (the copy or triad of the same bytes), so the",
+           "baselines of one op, shape, dtype, thread count and condition measure the machine at the",
+           f"times their benchmarks ran. Their spread (largest / smallest) over the {len(spreads)} groups of",
+           f"this run: median {median:.2f}, largest {spreads[0][0]:.2f}. Times of two implementations",
+           "compare reliably only within that spread; the ratios to each benchmark's own baseline cancel",
+           "part of it. The widest five:", "",
+           "| op | shape | dtype | threads | condition | baselines | largest / smallest |",
+           "|---|---|---|---|---|---|---|"]
+    for spread, (dtype, op, shape, threads, c) in spreads[:5]:
+        n = len(groups[(dtype, op, shape, threads, c)])
+        out.append(f"| {op} | {shape} | {dtype} | {threads} | {c} | {n} | {spread:.2f} |")
+    return out + [""]
+
+
 def markdown(context, results, meta, run):
     out = ["# batchnorm benchmark results", ""]
     out += ["| | |", "|---|---|"]
@@ -166,6 +193,7 @@ def markdown(context, results, meta, run):
         "are its blocked formats (a user reorders into them, untimed); oneDNN has no f64.",
         "",
     ]
+    out += steadiness(results)
     ours = sorted((k for k, r in results.items() if k[0] == "batchnorm" and ok(r)),
                   key=lambda k: (k[5], k[1], order(k[2], OPS), order(k[3], SHAPES), order(k[4], LAYOUTS)))
 
