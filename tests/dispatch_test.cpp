@@ -46,6 +46,28 @@ bool same_bits(double a, double b) {
   return std::memcmp(&a, &b, sizeof a) == 0;
 }
 
+/// Inputs of an inference forward of view v: x, running statistics (variances from 0.5 up),
+/// weight and bias, from seeds seed to seed + 4.
+template <class T>
+struct EvalInputs {
+  std::vector<T> x, rm, rv, w, b;
+  EvalInputs(const View& v, std::uint32_t seed)
+      : x(normal_values<T>(static_cast<std::size_t>(v.size()), 3.0, 2.0, seed)),
+        rm(normal_values<T>(static_cast<std::size_t>(v.channels), 3.0, 0.5, seed + 1)),
+        rv(normal_values<T>(static_cast<std::size_t>(v.channels), 0.0, 1.0, seed + 2)),
+        w(normal_values<T>(static_cast<std::size_t>(v.channels), 1.0, 0.3, seed + 3)),
+        b(normal_values<T>(static_cast<std::size_t>(v.channels), 0.0, 0.3, seed + 4)) {
+    for (T& e : rv) e = e * e + T(0.5);
+  }
+  void forward(const View& v, std::vector<T>& y) const {
+    F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y.data());
+  }
+  /// The reference y of view v.
+  std::vector<double> reference(const View& v) const {
+    return naive_batch_norm(x, x, v, false, w, b, 1e-5, rm, rv).y;  // dy unused here
+  }
+};
+
 /// Values of T per vector of the copy that runs.
 template <class T>
 int active_lanes() {
@@ -296,8 +318,9 @@ TEMPLATE_TEST_CASE("inference forward splits the batch among the threads where t
   {
     const View small{16, 4096, 1};
     REQUIRE(small.outer < 2 * D::kElementwiseSegmentRows);
-    CHECK(D::make_elementwise_plan<T>(small, W).segments == 1);
-    CHECK(D::make_elementwise_plan<T>(small, W).groups >= 2);
+    const D::Plan plan = D::make_elementwise_plan<T>(small, W);
+    CHECK(plan.segments == 1);
+    CHECK(plan.groups >= 2);
   }
   for (const View v : {View{256, 1024, 1}, View{2 * D::kElementwiseSegmentRows + 1, 3 * D::kWideChannels, 32}}) {
     INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << ")");
@@ -306,27 +329,20 @@ TEMPLATE_TEST_CASE("inference forward splits the batch among the threads where t
     REQUIRE(shared.groups >= 2);
     CHECK(plan.segments == 2);
     CHECK(plan.path == shared.path);
-    const auto n = static_cast<std::size_t>(v.size());
-    const auto C = static_cast<std::size_t>(v.channels);
-    const auto x = normal_values<T>(n, 3.0, 2.0, 31);
-    const auto rm = normal_values<T>(C, 3.0, 0.5, 32);
-    auto rv = normal_values<T>(C, 0.0, 1.0, 33);
-    for (T& e : rv) e = e * e + T(0.5);
-    const auto w = normal_values<T>(C, 1.0, 0.3, 34), b = normal_values<T>(C, 0.0, 0.3, 35);
-    std::vector<T> y2(n), y1(n);
+    const EvalInputs<T> in(v, 31);
+    std::vector<T> y2(static_cast<std::size_t>(v.size())), y1(y2.size());
     {
       const PlanLog plans;
-      F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y2.data());
+      in.forward(v, y2);
       REQUIRE(PlanLog::log().size() == 1);
       CHECK(PlanLog::log()[0].first.segments == 2);
     }
     {
       const ThreadsAtMost one(1);
-      F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y1.data());
+      in.forward(v, y1);
     }
     CHECK(y1 == y2);
-    const auto ref = naive_batch_norm(x, x, v, false, w, b, 1e-5, rm, rv);  // dy unused here
-    CHECK(worst_rel_err(y2, ref.y) <= naive_tol<T>());
+    CHECK(worst_rel_err(y2, in.reference(v)) <= naive_tol<T>());
   }
 }
 
@@ -338,22 +354,15 @@ TEMPLATE_TEST_CASE("inference forward of one row takes the lane path where chann
   for (const View v : {View{1, 4096, 1}, View{1, 300, W - 1}, View{1, 33, W}}) {
     INFO("view (" << v.outer << ", " << v.channels << ", " << v.inner << "), W " << W);
     const bool lanes = v.inner < W;
-    const auto n = static_cast<std::size_t>(v.size());
-    const auto C = static_cast<std::size_t>(v.channels);
-    const auto x = normal_values<T>(n, 3.0, 2.0, 41);
-    const auto rm = normal_values<T>(C, 3.0, 0.5, 42);
-    auto rv = normal_values<T>(C, 0.0, 1.0, 43);
-    for (T& e : rv) e = e * e + T(0.5);
-    const auto w = normal_values<T>(C, 1.0, 0.3, 44), b = normal_values<T>(C, 0.0, 0.3, 45);
-    std::vector<T> y(n);
+    const EvalInputs<T> in(v, 41);
+    std::vector<T> y(static_cast<std::size_t>(v.size()));
     {
       const PlanLog plans;
-      F::forward_inference(x.data(), v, rm.data(), rv.data(), w.data(), b.data(), 1e-5, y.data());
+      in.forward(v, y);
       REQUIRE(PlanLog::log().size() == 1);
       CHECK(path_name(PlanLog::log()[0].first.path) == std::string(lanes ? "lane" : "row_short"));
     }
-    const auto ref = naive_batch_norm(x, x, v, false, w, b, 1e-5, rm, rv);  // dy unused here
-    CHECK(worst_rel_err(y, ref.y) <= naive_tol<T>());
+    CHECK(worst_rel_err(y, in.reference(v)) <= naive_tol<T>());
   }
 }
 

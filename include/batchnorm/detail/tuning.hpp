@@ -156,7 +156,7 @@ inline constexpr Index kSegmentWideOuter = 1024;
 /// costs more than it saves. Measured on Zen 5 (float eval, two threads, warm, medians of 5
 /// back-to-back runs of each, time split by rows / split by channels): (N, C) 16x4096 1.54,
 /// 32x4096 1.17, 32x2048 1.11; 64x1024 and 64x4096 1.0; 96x2048 0.78, 128x1024 0.80, 256x1024
-/// 0.65, 256x2048 0.71.
+/// 0.66, 256x2048 0.71.
 inline constexpr Index kElementwiseSegmentRows = 32;
 /// values: the per-channel statistics or sums of the segments after the first (the first keeps
 /// them in the caller's arrays), in two stack arrays of this many A values (32 KiB for double).
