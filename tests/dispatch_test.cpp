@@ -632,6 +632,136 @@ TEST_CASE("the kernels' invstd is invstd_of bitwise, a vector of channels at a t
   }
 }
 
+TEMPLATE_TEST_CASE("lane constants of channels of one value, many channels at once: the bits of the scalar form",
+                   "[dispatch][affine_lanes]", float, double) {
+  using T = TestType;
+  using A = Acc<T>;
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  constexpr F::Index N = 3;
+  // The same values as (N, C) (channels of one value a row: the lane constants built a vector of
+  // channels at a time, affine_lanes) and transposed as (1, C, N) (constants channel by channel:
+  // the scalar form); y must be the same bits. Every tail of the vector width, and channels at
+  // the edge of float's range (the exact path) or NaN among common ones.
+  for (const F::Index C : {F::Index(2), F::Index(7), F::Index(8), F::Index(9), F::Index(19), F::Index(300)}) {
+    const View lanes{N, C, 1}, rows{1, C, N};
+    std::vector<T> x = normal_values<T>(static_cast<std::size_t>(N * C), 3.0, 2.0, 51);
+    std::vector<T> rm = normal_values<T>(static_cast<std::size_t>(C), 3.0, 0.5, 52);
+    std::vector<T> rv = normal_values<T>(static_cast<std::size_t>(C), 0.0, 1.0, 53);
+    std::vector<T> w = normal_values<T>(static_cast<std::size_t>(C), 1.0, 0.3, 54);
+    std::vector<T> b = normal_values<T>(static_cast<std::size_t>(C), 0.0, 0.3, 55);
+    std::vector<A> mean(static_cast<std::size_t>(C)), invstd(static_cast<std::size_t>(C));
+    for (F::Index c = 0; c < C; ++c) {
+      const auto k = static_cast<std::size_t>(c);
+      rv[k] = rv[k] * rv[k];
+      if (c % 5 == 3) rv[k] = 0;  // invstd 1 / sqrt(eps)
+      mean[k] = static_cast<A>(rm[k]) + A(1) / A(3);  // not exact in T: a remainder for r
+      invstd[k] = F::invstd_of(static_cast<A>(rv[k]), 1e-5);
+    }
+    const auto edge = [&](F::Index c, double m, double var, double weight) {
+      if (c >= C) return;
+      const auto k = static_cast<std::size_t>(c);
+      rm[k] = static_cast<T>(m), mean[k] = static_cast<A>(m), rv[k] = static_cast<T>(var), w[k] = static_cast<T>(weight);
+      invstd[k] = F::invstd_of(static_cast<A>(var), 1e-5);
+    };
+    // float: p = 3e38 / sqrt(1e-4 + eps) beyond the common range (and float's): the exact path
+    // gives y = bias where x = mean, the lane constants would give (x - mean) * inf = NaN.
+    edge(1, 1.0, 1e-4, 3e38);
+    x[1] = 1;
+    edge(11, 1e34, 1.0, 1.0);  // float: |mean| beyond the common range
+    edge(17, nan, 1.0, 1.0);
+    edge(250, 1.0, inf, 1.0);
+    std::vector<T> xt(x.size());
+    for (F::Index n = 0; n < N; ++n)
+      for (F::Index c = 0; c < C; ++c) xt[static_cast<std::size_t>(c * N + n)] = x[static_cast<std::size_t>(n * C + c)];
+    for (int affine = 0; affine < 3; ++affine) {  // weight and bias, no weight, no bias
+      const T* wp = affine == 1 ? nullptr : w.data();
+      const T* bp = affine == 2 ? nullptr : b.data();
+      for (const bool running : {true, false}) {
+        INFO("C " << C << ", affine " << affine << ", " << (running ? "forward_inference" : "normalize"));
+        const auto run = [&](const std::vector<T>& in, const View& v, std::vector<T>& y) {
+          if (running) F::forward_inference(in.data(), v, rm.data(), rv.data(), wp, bp, 1e-5, y.data());
+          else F::normalize(in.data(), v, mean.data(), invstd.data(), wp, bp, y.data());
+        };
+        std::vector<T> y(x.size()), yt(x.size());
+        static std::atomic<long> built;
+        built = 0;
+        D::affine_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
+        run(x, lanes, y);
+        const long vector_channels = built;
+        run(xt, rows, yt);
+        D::affine_lanes_observer = nullptr;
+        CHECK(vector_channels == static_cast<long>(C));
+        CHECK(built == static_cast<long>(C));  // the transposed view built none
+        for (F::Index n = 0; n < N; ++n)
+          for (F::Index c = 0; c < C; ++c) {
+            INFO("n " << n << ", c " << c);
+            CHECK(same_bits(y[static_cast<std::size_t>(n * C + c)], yt[static_cast<std::size_t>(c * N + n)]));
+          }
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once: the bits of the scalar form",
+                   "[dispatch][affine_lanes]", float, double) {
+  using T = TestType;
+  using A = Acc<T>;
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  // As above, for backward_dx: (N, C) (dx constants built a vector of channels at a time,
+  // dx_lanes) against (1, C, N) (channel by channel). N > kExactDxCount: float dx in T.
+  constexpr F::Index N = D::kExactDxCount + 1;
+  for (const F::Index C : {F::Index(2), F::Index(7), F::Index(9), F::Index(19), F::Index(300)}) {
+    const View lanes{N, C, 1}, rows{1, C, N};
+    const auto n = static_cast<std::size_t>(N * C), nc = static_cast<std::size_t>(C);
+    const std::vector<T> x = normal_values<T>(n, 3.0, 2.0, 61), dy = normal_values<T>(n, 0.0, 1.0, 62);
+    std::vector<T> w = normal_values<T>(nc, 1.0, 0.3, 63);
+    std::vector<A> mean(nc), invstd(nc), sum_dy(nc), sum_dy_d(nc);
+    const std::vector<T> m0 = normal_values<T>(nc, 3.0, 0.5, 64), s0 = normal_values<T>(nc, 0.0, 4.0, 65),
+                         s1 = normal_values<T>(nc, 0.0, 4.0, 66), v0 = normal_values<T>(nc, 0.0, 1.0, 67);
+    for (std::size_t k = 0; k < nc; ++k) {
+      mean[k] = static_cast<A>(m0[k]) + A(1) / A(3);  // not exact in T: a tail
+      invstd[k] = F::invstd_of(static_cast<A>(v0[k]) * static_cast<A>(v0[k]), 1e-5);
+      sum_dy[k] = static_cast<A>(s0[k]), sum_dy_d[k] = static_cast<A>(s1[k]);
+    }
+    const auto edge = [&](F::Index c, double m, double is, double weight) {
+      if (c >= C) return;
+      const auto k = static_cast<std::size_t>(c);
+      mean[k] = static_cast<A>(m), invstd[k] = static_cast<A>(is), w[k] = static_cast<T>(weight);
+    };
+    edge(1, 1.0, 1e20, 1e20);  // float: p and q beyond the common range
+    edge(8, 1e34, 1.0, 1.0);   // float: |mean| beyond it
+    edge(17, nan, 1.0, 1.0);
+    edge(250, 1.0, inf, 1.0);
+    std::vector<T> xt(n), dyt(n);
+    for (F::Index o = 0; o < N; ++o)
+      for (F::Index c = 0; c < C; ++c) {
+        xt[static_cast<std::size_t>(c * N + o)] = x[static_cast<std::size_t>(o * C + c)];
+        dyt[static_cast<std::size_t>(c * N + o)] = dy[static_cast<std::size_t>(o * C + c)];
+      }
+    for (const bool affine : {true, false}) {
+      INFO("C " << C << (affine ? ", weight" : ", no weight"));
+      const T* wp = affine ? w.data() : nullptr;
+      std::vector<T> dx(n), dxt(n);
+      static std::atomic<long> built;
+      built = 0;
+      D::dx_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
+      F::backward_dx(x.data(), dy.data(), lanes, mean.data(), invstd.data(), wp, N, sum_dy.data(), sum_dy_d.data(),
+                     dx.data());
+      const long vector_channels = built;
+      F::backward_dx(xt.data(), dyt.data(), rows, mean.data(), invstd.data(), wp, N, sum_dy.data(), sum_dy_d.data(),
+                     dxt.data());
+      D::dx_lanes_observer = nullptr;
+      CHECK(vector_channels == static_cast<long>(C));
+      CHECK(built == static_cast<long>(C));  // the transposed view built none
+      for (F::Index o = 0; o < N; ++o)
+        for (F::Index c = 0; c < C; ++c) {
+          INFO("n " << o << ", c " << c);
+          CHECK(same_bits(dx[static_cast<std::size_t>(o * C + c)], dxt[static_cast<std::size_t>(c * N + o)]));
+        }
+    }
+  }
+}
+
 TEST_CASE("a running statistic that overflows float becomes inf, never NaN", "[dispatch][range]") {
   for (const double momentum : {1.0, 0.5, 0.1}) {
     INFO("momentum " << momentum);
@@ -677,8 +807,15 @@ TEMPLATE_TEST_CASE("float dx of channels of at most kExactDxCount values is take
   for (const View v : {View{16, 2 * B + 3, 1}, View{2, B + 1, 8}, View{3, B, 5}, View{4, 3 * B, 1}}) {
     INFO("view " << v.outer << "x" << v.channels << "x" << v.inner);
     PlanLog plans;
+    static std::atomic<long> lanes_values;
+    lanes_values = 0;
+    D::exact_dx_lanes_observer = [](F::Index values) { lanes_values += static_cast<long>(values); };
     check_training<T>(v, 1, seed += 7);
+    D::exact_dx_lanes_observer = nullptr;
     REQUIRE(!PlanLog::log().empty());
+    // Inner 1: the float dx in double a vector of channels at a time (every value, at least once).
+    if (v.inner == 1 && std::is_same_v<T, float>) CHECK(lanes_values >= static_cast<long>(v.size()));
+    else CHECK(lanes_values == 0);
     const bool exact = std::is_same_v<T, float>;
     CHECK(std::any_of(PlanLog::log().begin(), PlanLog::log().end(),
                       [&](const PlanLog::Entry& e) { return e.first.exact_dx == exact; }));

@@ -5,6 +5,7 @@
 #include "../config.hpp"
 
 #include <cmath>
+#include <type_traits>
 
 BATCHNORM_BEGIN_NAMESPACE
 namespace detail {
@@ -21,6 +22,49 @@ struct Coef {
   bool exact = false;
   double em = 0, ep = 0, eq = 0, er = 0;
 };
+
+/// The inputs of the constants of y = (x - head) * p + r for channels c (functional's
+/// normalize_coef states the formula): mean_c, and invstd_c, or, where invstd is null,
+///   invstd_c = 1 / sqrt(var_c + eps)                    (functional::invstd_of)
+/// in accum_t<T> from M (accum_t<T>: batch statistics; T: running statistics); weight_c and
+/// bias_c in T (nullptr: 1 and 0). The functional layer's constants functor derives from it, so
+/// that the kernels can build the constants of many channels at once (affine_lanes, isa/store.hpp).
+template <class T, class M>
+struct AffineInputs {
+  const M* mean = nullptr;
+  const M* invstd = nullptr;
+  const M* var = nullptr;
+  double eps = 0;
+  const T* weight = nullptr;
+  const T* bias = nullptr;
+};
+
+/// The inputs of the dx constants of channels c (functional's DxCoef states the formula), in A
+/// = accum_t<T>: mean_c, invstd_c, the gradient sums sum_dy_c and sum_dy_d_c over m values, and
+/// weight_c in T (nullptr: 1). DxCoef derives from it, so that the kernels can build the
+/// constants of many channels at once (dx_lanes, isa/store.hpp).
+template <class T, class A>
+struct DxInputs {
+  const A* mean = nullptr;
+  const A* invstd = nullptr;
+  const T* weight = nullptr;
+  const A* sum_dy = nullptr;
+  const A* sum_dy_d = nullptr;
+  A m = 0;
+};
+
+/// True if F computes DxCoef's formula from a DxInputs base (it names the base dx_inputs).
+template <class F, class = void>
+inline constexpr bool has_dx_inputs = false;
+template <class F>
+inline constexpr bool has_dx_inputs<F, std::void_t<typename F::dx_inputs>> = true;
+
+/// True if F computes normalize_coef's formula from an AffineInputs base (it names the base
+/// affine_inputs): its constants can be built many channels at once.
+template <class F, class = void>
+inline constexpr bool has_affine_inputs = false;
+template <class F>
+inline constexpr bool has_affine_inputs<F, std::void_t<typename F::affine_inputs>> = true;
 
 /// The largest finite float, in double.
 inline constexpr double kFloatMax = 3.4028234663852886e38;

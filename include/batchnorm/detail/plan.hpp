@@ -186,5 +186,20 @@ inline void (*shared_tile_observer)(Index channels) = nullptr;
 /// from the thread that sums them.
 inline void (*one_pass_observer)(Index lanes, Index redone) = nullptr;
 
+/// Tests see the lane constants built many channels at once (affine_lanes in isa/store.hpp)
+/// through this hook (nullptr: nobody watches): called with the tile's channels, from the thread
+/// that builds them.
+inline void (*affine_lanes_observer)(Index channels) = nullptr;
+
+/// Tests see the dx lane constants built many channels at once (dx_lanes in isa/store.hpp)
+/// through this hook (nullptr: nobody watches): called with the tile's channels, from the thread
+/// that builds them.
+inline void (*dx_lanes_observer)(Index channels) = nullptr;
+
+/// Tests see the float dx taken in double a vector of channels at a time (exact_dx_lanes in
+/// isa/store.hpp) through this hook (nullptr: nobody watches): called with the values of each
+/// block of channels, from the thread that writes them.
+inline void (*exact_dx_lanes_observer)(Index values) = nullptr;
+
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

@@ -37,23 +37,26 @@ batchnorm::detail::Coef<T> centre_coef(accum_t<T> mean) noexcept {
 }
 /// The constants of dx for channel c from its sums over m values (see backward_training):
 ///   dx = dy * p + (x - head) * q + r
+/// Its inputs (DxInputs) let the kernels build the constants of many channels at once, the
+/// same bits (the vector twins in isa/store.hpp and isa/drivers.hpp).
 template <class T>
-struct DxCoef {
+struct DxCoef : batchnorm::detail::DxInputs<T, accum_t<T>> {
   using A = accum_t<T>;
-  const A* mean;
-  const A* invstd;
-  const T* weight;
-  const A* sum_dy;
-  const A* sum_dy_d;
-  A m;
-  batchnorm::detail::Coef<T> operator()(Index c) const noexcept {
+  using Inputs = batchnorm::detail::DxInputs<T, A>;
+  using Inputs::invstd, Inputs::mean, Inputs::m, Inputs::sum_dy, Inputs::sum_dy_d, Inputs::weight;
+  using dx_inputs = Inputs;  // the kernels' vector twins compute this formula (has_dx_inputs)
+  DxCoef(const A* mean_c, const A* invstd_c, const T* weight_c, const A* sum_dy_c, const A* sum_dy_d_c, A count) noexcept
+      : Inputs{mean_c, invstd_c, weight_c, sum_dy_c, sum_dy_d_c, count} {}
+  // r' - tail * q: one product operand (r' is used twice), so a compiler contracting into fused
+  // multiply-adds does it as the vector twins do.
+  BATCHNORM_ALWAYS_INLINE batchnorm::detail::Coef<T> operator()(Index c) const noexcept {
     const A kc = invstd[c] * (weight ? static_cast<A>(weight[c]) : A(1));
     const A q = -kc * (invstd[c] * (invstd[c] * (sum_dy_d[c] / m)));  // no invstd^3: it may overflow
+    const A r = -kc * (sum_dy[c] / m);
     auto cf = centre_coef<T>(mean[c]);
     cf.p = static_cast<T>(kc);
     cf.q = static_cast<T>(q);
-    cf.r = static_cast<T>(-kc * (sum_dy[c] / m) - (mean[c] - static_cast<A>(cf.head)) * q);
-    const A r = -kc * (sum_dy[c] / m);
+    cf.r = static_cast<T>(r - (mean[c] - static_cast<A>(cf.head)) * q);
     if (batchnorm::detail::needs_exact<T>(mean[c], invstd[c], kc, q, r))
       cf.exact = true, cf.em = mean[c], cf.ep = kc, cf.eq = q, cf.er = r;
     return cf;

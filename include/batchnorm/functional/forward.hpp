@@ -16,6 +16,12 @@
 BATCHNORM_BEGIN_NAMESPACE
 namespace functional {
 
+/// invstd_c = 1 / sqrt(var_c + eps), the inverse standard deviation used to normalize.
+template <class A>
+A invstd_of(A var, double eps) noexcept {
+  return A(1) / std::sqrt(var + static_cast<A>(eps));
+}
+
 namespace detail_forward {
 
 /// Constants of y = (x - head) * p + r for one channel normalized with (mean, invstd):
@@ -42,6 +48,20 @@ BATCHNORM_ALWAYS_INLINE batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mea
   return cf;
 }
 
+/// The constants functor of the forward passes: normalize_coef of channel c from its inputs
+/// (AffineInputs: mean_c, and invstd_c or var_c with eps). Its inputs let the kernels build the
+/// constants of many channels at once, the same bits (the vector twin in isa/store.hpp).
+template <class T, class M>
+struct AffineCoef : batchnorm::detail::AffineInputs<T, M> {
+  using affine_inputs = batchnorm::detail::AffineInputs<T, M>;  // the kernels' vector twin computes this formula
+  BATCHNORM_ALWAYS_INLINE batchnorm::detail::Coef<T> operator()(Index c) const noexcept {
+    using A = accum_t<T>;
+    const A mean_c = static_cast<A>(this->mean[c]);
+    const A invstd_c = this->invstd ? static_cast<A>(this->invstd[c]) : invstd_of(static_cast<A>(this->var[c]), this->eps);
+    return normalize_coef<T>(mean_c, invstd_c, this->weight, this->bias, c);
+  }
+};
+
 inline void check_common(const char* op, const View& v, const void* x, const void* y, double eps) {
   detail_stats::check_view(op, v);
   batchnorm::detail::check_eps(op, eps);
@@ -50,12 +70,6 @@ inline void check_common(const char* op, const View& v, const void* x, const voi
 }
 
 }  // namespace detail_forward
-
-/// invstd_c = 1 / sqrt(var_c + eps), the inverse standard deviation used to normalize.
-template <class A>
-A invstd_of(A var, double eps) noexcept {
-  return A(1) / std::sqrt(var + static_cast<A>(eps));
-}
 
 /// The statistics inference normalizes with, per channel:
 ///   mean_c = running_mean_c,   invstd_c = 1 / sqrt(running_var_c + eps)    (in accum_t<T>)
@@ -85,7 +99,8 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
   detail_stats::check_pointer(op, "y", y, v.size() > 0);
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
-  const auto coef = [&](Index c) { return detail_forward::normalize_coef<T>(mean[c], invstd[c], weight, bias, c); };
+  detail_forward::AffineCoef<T, accum_t<T>> coef;
+  coef.mean = mean, coef.invstd = invstd, coef.weight = weight, coef.bias = bias;
   batchnorm::detail::dispatch([&](auto kernels) { kernels.run_normalize(x, v, coef, y); });
 }
 
@@ -118,9 +133,8 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
   if (m == 1)
     batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel when training, got 1 (outer " +
                                              std::to_string(v.outer) + ", inner " + std::to_string(v.inner) + ")");
-  const auto coef = [&](Index c) {
-    return detail_forward::normalize_coef<T>(save_mean[c], save_invstd[c], weight, bias, c);
-  };
+  detail_forward::AffineCoef<T, A> coef;
+  coef.mean = save_mean, coef.invstd = save_invstd, coef.weight = weight, coef.bias = bias;
   batchnorm::detail::dispatch([&](auto kernels) {
     // save_invstd holds M2, then var, then invstd: no scratch memory. invstd_of in vectors of
     // channels (the kernels' invstd, the same bits).
@@ -148,15 +162,13 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
 template <class T>
 void forward_inference(const T* x, View v, const T* running_mean, const T* running_var, const T* weight,
                        const T* bias, double eps, T* y) {
-  using A = accum_t<T>;
   constexpr const char* op = "batchnorm::functional::forward_inference";
   detail_forward::check_common(op, v, x, y, eps);
   detail_stats::check_pointer(op, "running_mean", running_mean, v.channels > 0);
   detail_stats::check_pointer(op, "running_var", running_var, v.channels > 0);
-  const auto coef = [&](Index c) {
-    return detail_forward::normalize_coef<T>(static_cast<A>(running_mean[c]), invstd_of(static_cast<A>(running_var[c]), eps),
-                                             weight, bias, c);
-  };
+  // invstd_c = invstd_of(running_var_c, eps), taken as the constants are built.
+  detail_forward::AffineCoef<T, T> coef;
+  coef.mean = running_mean, coef.var = running_var, coef.eps = eps, coef.weight = weight, coef.bias = bias;
   batchnorm::detail::dispatch([&](auto kernels) { kernels.run_normalize(x, v, coef, y); });
 }
 

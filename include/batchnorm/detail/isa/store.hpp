@@ -213,10 +213,218 @@ struct TileConstants {
   }
 };
 
-/// Fills tc with the constants of channels [t0, t0 + nt) (inner I) for a pass on `path`:
-/// Coefs per channel (wide rows), or the five lane arrays (lane path).
+/// coef_of(c), with `copy` in place of the constants of a channel marked exact (Coef::exact),
+/// whose values an exact pass computes afterwards; `any` notes such a channel (vector_coefs,
+/// isa/drivers.hpp, makes it).
 template <class T, class CoefOf>
-void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, CoefOf coef_of) noexcept {
+struct VectorCoefs {
+  const CoefOf& coef_of;
+  const Coef<T>& copy;
+  bool& any;
+  Coef<T> operator()(Index c) const noexcept {
+    Coef<T> cf = coef_of(c);  // one named result (returned in place, no copy of the struct)
+    if (cf.exact) any = true, cf = copy;
+    return cf;
+  }
+};
+
+/// True if F is a VectorCoefs over a functor with AffineInputs (detail/coef.hpp): its constants
+/// can be built many channels at once (affine_lanes).
+template <class T, class F>
+inline constexpr bool affine_source = false;
+template <class T, class S>
+inline constexpr bool affine_source<T, VectorCoefs<T, S>> = has_affine_inputs<S>;
+
+/// True if F is a VectorCoefs over a functor with DxInputs (detail/coef.hpp) (dx_lanes).
+template <class T, class F>
+inline constexpr bool dx_source = false;
+template <class T, class S>
+inline constexpr bool dx_source<T, VectorCoefs<T, S>> = has_dx_inputs<S>;
+
+#if defined(__GNUC__)
+/// Vectors of Simd<A>::lanes channels: their inputs in A, in T, in M.
+template <class T, class M>
+struct AffineVecs {
+  using A = accum_t<T>;
+  static constexpr int lanes = kBytes / static_cast<int>(sizeof(A));
+  typedef A avec __attribute__((vector_size(kBytes)));
+  typedef T tvec __attribute__((vector_size(extent(lanes) * sizeof(T))));
+  typedef M mvec __attribute__((vector_size(extent(lanes) * sizeof(M))));
+  /// The n values (0 < n <= lanes) from p, zeros after them, in A; V is the vector of E.
+  template <class V, class E>
+  static avec load(const E* p, int n) noexcept {
+    V v{};
+    if (n == lanes) std::memcpy(&v, p, sizeof v);
+    else std::memcpy(&v, p, sizeof(E) * static_cast<std::size_t>(n));
+    return __builtin_convertvector(v, avec);
+  }
+  static void store(T* p, tvec v, int n) noexcept {
+    if (n == lanes) std::memcpy(p, &v, sizeof v);
+    else std::memcpy(p, &v, sizeof(T) * static_cast<std::size_t>(n));
+  }
+  static void store_a(A* p, avec v, int n) noexcept {
+    if (n == lanes) std::memcpy(p, &v, sizeof v);
+    else std::memcpy(p, &v, sizeof(A) * static_cast<std::size_t>(n));
+  }
+  /// True if the first n lanes of a comparison's result (-1: true, 0: false) are all true.
+  template <class Mask>
+  static bool all_of(const Mask& flags, int n) noexcept {
+    bool all = true;
+    for (int l = 0; l < n; ++l) all &= flags[l] != 0;
+    return all;
+  }
+  /// The dx constants of channels [c, c + n) from `in`, lanes past n zero:
+  ///   kc = invstd * weight,  q = -kc * (invstd * (invstd * (sum_dy_d / m))),  r = -kc * (sum_dy / m)
+  /// (no invstd^3: it may overflow).
+  static void dx_kqr(const DxInputs<T, A>& in, Index c, int n, avec& invstd, avec& kc, avec& q, avec& r) noexcept {
+    const avec one = avec{} + A(1), m = avec{} + in.m;
+    invstd = load<avec>(in.invstd + c, n);
+    kc = invstd * (in.weight ? load<tvec>(in.weight + c, n) : one);
+    q = -kc * (invstd * (invstd * (load<avec>(in.sum_dy_d + c, n) / m)));
+    r = -kc * (load<avec>(in.sum_dy + c, n) / m);
+  }
+};
+
+/// The lane constants of channels [t0, t0 + n) of inner 1 (lane l: channel t0 + l) for
+/// y = (x - head) * p + r, Simd<A>::lanes channels at a time: the vector twin of
+/// functional's normalize_coef (and invstd_of), from the inputs `in`:
+///   head = T(mean),  p = T(scale),  r = T(bias - (mean - head) * scale),  scale = invstd * weight
+///   (tail = q = 0)
+/// The same operations in the same order, each correctly rounded, so the same bits as `scalar`.
+/// A vector holding a float channel outside needs_exact's common range (or a NaN) takes
+/// `scalar` (the VectorCoefs over the same functor) for each of its channels instead.
+template <class T, class M, class Scalar>
+void affine_lanes(const AffineInputs<T, M>& in, const Scalar& scalar, Index t0, Index n, T* const* k) noexcept {
+  using V = AffineVecs<T, M>;
+  using A = typename V::A;
+  using avec = typename V::avec;
+  using tvec = typename V::tvec;
+  using mvec = typename V::mvec;
+  constexpr int L = V::lanes;
+  const avec zero{}, one = zero + A(1), eps = zero + static_cast<A>(in.eps);
+  for (Index j = 0; j < n; j += L) {
+    const int w = static_cast<int>(std::min<Index>(L, n - j));
+    const Index c = t0 + j;
+    const avec mean = V::template load<mvec>(in.mean + c, w);
+    const avec invstd = in.invstd ? V::template load<mvec>(in.invstd + c, w)
+                                  : one / simd::Simd<A>::sqrt(V::template load<mvec>(in.var + c, w) + eps);
+    const avec scale = invstd * (in.weight ? V::template load<tvec>(in.weight + c, w) : one);
+    const avec b = in.bias ? V::template load<tvec>(in.bias + c, w) : zero;
+    const tvec head = __builtin_convertvector(mean, tvec);
+    const tvec p = __builtin_convertvector(scale, tvec);
+    const tvec r = __builtin_convertvector(b - (mean - __builtin_convertvector(head, avec)) * scale, tvec);
+    bool common = true;
+    if constexpr (sizeof(T) < sizeof(A)) {  // needs_exact's common range, lane by lane
+      const avec product = zero + kExactProduct, offset = zero + kExactOffset, magnitude = zero + kExactMagnitude;
+      common = V::all_of((scale <= product) & (scale >= -product) & (b <= offset) & (b >= -offset) &
+                             (mean <= magnitude) & (mean >= -magnitude) & (invstd * magnitude >= one),
+                         w);
+    }
+    if (common) {
+      const tvec none{};
+      V::store(k[0] + j, head, w), V::store(k[1] + j, none, w), V::store(k[2] + j, p, w);
+      V::store(k[3] + j, none, w), V::store(k[4] + j, r, w);
+      continue;
+    }
+    for (Index l = j; l < j + w; ++l) {
+      const Coef<T> cf = scalar(t0 + l);
+      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+    }
+  }
+  if (affine_lanes_observer) affine_lanes_observer(n);
+}
+/// The lane constants of channels [t0, t0 + n) of inner 1 (lane l: channel t0 + l) for
+/// dx = dy * p + ((x - head) * q + r), Simd<A>::lanes channels at a time: the vector twin of
+/// functional's DxCoef, from its inputs `in`:
+///   kc = invstd * weight,  q' = -kc * (invstd * (invstd * (sum_dy_d / m))),  r' = -kc * (sum_dy / m)
+///   head = T(mean),  tail = T(mean - head),  p = T(kc),  q = T(q'),  r = T(r' - (mean - head) * q')
+/// The same operations in the same order: the same bits as `scalar`. A vector holding a float
+/// channel outside needs_exact's common range (or a NaN) takes `scalar` for each of its channels.
+template <class T, class Scalar>
+void dx_lanes(const DxInputs<T, accum_t<T>>& in, const Scalar& scalar, Index t0, Index n, T* const* k) noexcept {
+  using A = accum_t<T>;
+  using V = AffineVecs<T, A>;
+  using avec = typename V::avec;
+  using tvec = typename V::tvec;
+  constexpr int L = V::lanes;
+  const avec zero{}, one = zero + A(1);
+  for (Index j = 0; j < n; j += L) {
+    const int w = static_cast<int>(std::min<Index>(L, n - j));
+    const Index c = t0 + j;
+    const avec mean = V::template load<avec>(in.mean + c, w);
+    avec invstd, kc, q, r;
+    V::dx_kqr(in, c, w, invstd, kc, q, r);
+    const tvec head = __builtin_convertvector(mean, tvec);
+    const avec tail = mean - __builtin_convertvector(head, avec);
+    bool common = true;
+    if constexpr (sizeof(T) < sizeof(A)) {  // needs_exact's common range, lane by lane
+      const avec product = zero + kExactProduct, offset = zero + kExactOffset, magnitude = zero + kExactMagnitude;
+      common = V::all_of((kc <= product) & (kc >= -product) & (q <= product) & (q >= -product) & (r <= offset) &
+                             (r >= -offset) & (mean <= magnitude) & (mean >= -magnitude) & (invstd * magnitude >= one),
+                         w);
+    }
+    if (common) {
+      V::store(k[0] + j, head, w), V::store(k[1] + j, __builtin_convertvector(tail, tvec), w);
+      V::store(k[2] + j, __builtin_convertvector(kc, tvec), w), V::store(k[3] + j, __builtin_convertvector(q, tvec), w);
+      V::store(k[4] + j, __builtin_convertvector(r - tail * q, tvec), w);
+      continue;
+    }
+    for (Index l = j; l < j + w; ++l) {
+      const Coef<T> cf = scalar(t0 + l);
+      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+    }
+  }
+  if (dx_lanes_observer) dx_lanes_observer(n);
+}
+
+/// The constants of exact_dx for channels [c0, c0 + n) (index j: channel c0 + j), Simd<A>::lanes
+/// channels at a time: the vector twin of functional's DxCoef::exact, p = kc, q, r of dx_kqr.
+template <class T, class A>
+void exact_dx_constants(const DxInputs<T, A>& in, Index c0, Index n, A* mean, A* p, A* q, A* r) noexcept {
+  using V = AffineVecs<T, A>;
+  using avec = typename V::avec;
+  constexpr int L = V::lanes;
+  for (Index j = 0; j < n; j += L) {
+    const int w = static_cast<int>(std::min<Index>(L, n - j));
+    const Index c = c0 + j;
+    avec invstd, kc, qv, rv;
+    V::dx_kqr(in, c, w, invstd, kc, qv, rv);
+    const avec mv = V::template load<avec>(in.mean + c, w);
+    V::store_a(mean + j, mv, w), V::store_a(p + j, kc, w), V::store_a(q + j, qv, w), V::store_a(r + j, rv, w);
+  }
+}
+
+/// exact_dx (detail/exact.hpp) of a view of inner 1, Simd<A>::lanes channels at a time, row by
+/// row: the same formula in A, rounded once to T,
+///   dx = T(dy * p + ((x - mean) * q + r))     (constants of channel c0 + j at index j)
+/// dx may equal x or dy (each vector is read before it is written).
+template <class T, class A>
+void exact_dx_lanes(const T* x, const T* dy, const View& v, Index c0, Index nc, const A* mean, const A* p,
+                    const A* q, const A* r, T* dx) noexcept {
+  using V = AffineVecs<T, A>;
+  using avec = typename V::avec;
+  using tvec = typename V::tvec;
+  constexpr int L = V::lanes;
+  for (Index o = 0; o < v.outer; ++o) {
+    const Index off = o * v.channels + c0;
+    for (Index j = 0; j < nc; j += L) {
+      const int w = static_cast<int>(std::min<Index>(L, nc - j));
+      const avec xv = V::template load<tvec>(x + off + j, w), dyv = V::template load<tvec>(dy + off + j, w);
+      const avec d = dyv * V::template load<avec>(p + j, w) +
+                     ((xv - V::template load<avec>(mean + j, w)) * V::template load<avec>(q + j, w) +
+                      V::template load<avec>(r + j, w));
+      V::store(dx + off + j, __builtin_convertvector(d, tvec), w);
+    }
+  }
+  if (exact_dx_lanes_observer) exact_dx_lanes_observer(v.outer * nc);
+}
+#endif
+
+/// Fills tc with the constants of channels [t0, t0 + nt) (inner I) for a pass on `path`:
+/// Coefs per channel (wide rows), or the five lane arrays (lane path; with inner 1 and an
+/// affine source, many channels at once: affine_lanes).
+template <class T, class CoefOf>
+void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, const CoefOf& coef_of) noexcept {
   if (path == Path::wide_rows) {
     BATCHNORM_ASSERT(nt <= kWideChannels, "a wide-row chunk fits the constants array");
     for (Index j = 0; j < nt; ++j) tc.cfs[j] = coef_of(t0 + j);
@@ -226,7 +434,18 @@ void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, Coe
   auto& k = tc.k;
   const Index nl = nt * I;
   BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
-  for (Index j = 0; j < nt; ++j) {
+  bool filled = false;
+#if defined(__GNUC__)
+  if constexpr (affine_source<T, CoefOf> || dx_source<T, CoefOf>) {
+    if (I == 1) {
+      T* const arrays[5] = {k[0], k[1], k[2], k[3], k[4]};
+      if constexpr (affine_source<T, CoefOf>) affine_lanes(coef_of.coef_of, coef_of, t0, nt, arrays);
+      else dx_lanes(coef_of.coef_of, coef_of, t0, nt, arrays);
+      filled = true;
+    }
+  }
+#endif
+  for (Index j = 0; j < nt && !filled; ++j) {
     const Coef<T> cf = coef_of(t0 + j);
     for (Index i = 0; i < I; ++i) {
       const Index l = j * I + i;
