@@ -809,11 +809,11 @@ TEMPLATE_TEST_CASE("float dx of channels of at most kExactDxCount values is take
     PlanLog plans;
     static std::atomic<long> lanes_values;
     lanes_values = 0;
-    D::exact_dx_lanes_observer = [](F::Index values) { lanes_values += static_cast<long>(values); };
+    D::exact_dx_rows_observer = [](F::Index values) { lanes_values += static_cast<long>(values); };
     check_training<T>(v, 1, seed += 7);
-    D::exact_dx_lanes_observer = nullptr;
+    D::exact_dx_rows_observer = nullptr;
     REQUIRE(!PlanLog::log().empty());
-    // Inner 1: the float dx in double a vector of channels at a time (every value, at least once).
+    // Inner 1: the float dx in double row by row across channels (every value, at least once).
     if (v.inner == 1 && std::is_same_v<T, float>) CHECK(lanes_values >= static_cast<long>(v.size()));
     else CHECK(lanes_values == 0);
     const bool exact = std::is_same_v<T, float>;

@@ -101,30 +101,5 @@ void exact_grad_sums(const T* x, const T* dy, const View& v, Index c, A mean, A&
   sum_dy = s0, sum_dy_d = s1;
 }
 
-/// dx = dy * p + (x - mean) * q + r' of channels [c0, c0 + nc), in A, rounded once to T, with
-/// the constants of channel c0 + j at index j: p = k_c, q = -k_c * invstd_c^2 * sum_dy_d / m,
-/// r' = -k_c * sum_dy / m (functional::backward_training). In memory order, row by row: a
-/// channel at a time would walk a RowMajor (N, C) tensor down its columns, a cache line a value.
-template <class T, class A>
-void exact_dx(const T* x, const T* dy, const View& v, Index c0, Index nc, const A* mean, const A* p, const A* q,
-              const A* r, T* dx) noexcept {
-  const Index I = v.inner;
-  const auto dx_of = [&](Index i, Index j) {
-    return static_cast<T>(static_cast<A>(dy[i]) * p[j] + ((static_cast<A>(x[i]) - mean[j]) * q[j] + r[j]));
-  };
-  if (I == 1) {  // (N, C) RowMajor, channels-last: a row of channels, one loop the compiler vectorises
-    for (Index o = 0; o < v.outer; ++o) {
-      const Index off = o * v.channels + c0;
-      for (Index j = 0; j < nc; ++j) dx[off + j] = dx_of(off + j, j);
-    }
-    return;
-  }
-  for (Index o = 0; o < v.outer; ++o)
-    for (Index j = 0; j < nc; ++j) {
-      const Index off = (o * v.channels + c0 + j) * I;
-      for (Index i = off; i < off + I; ++i) dx[i] = dx_of(i, j);
-    }
-}
-
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

@@ -196,10 +196,10 @@ inline void (*affine_lanes_observer)(Index channels) = nullptr;
 /// that builds them.
 inline void (*dx_lanes_observer)(Index channels) = nullptr;
 
-/// Tests see the float dx taken in double a vector of channels at a time (exact_dx_lanes in
-/// isa/store.hpp) through this hook (nullptr: nobody watches): called with the values of each
-/// block of channels, from the thread that writes them.
-inline void (*exact_dx_lanes_observer)(Index values) = nullptr;
+/// Tests see the float dx taken in double row by row across channels (exact_dx of a view of
+/// inner 1, isa/store.hpp) through this hook (nullptr: nobody watches): called with the values
+/// of each block of channels, from the thread that writes them.
+inline void (*exact_dx_rows_observer)(Index values) = nullptr;
 
 }  // namespace detail
 BATCHNORM_END_NAMESPACE

@@ -248,7 +248,7 @@ void grad_sums(const T* x, const T* dy, const View& v, Centre centre, A* sum_dy,
 
 /// dx = dx_of(x, dy) for channels [c0, c0 + nc) of the view (a group), dx_coef(c) giving the T
 /// constants; with plan.exact_dx (float, channels of at most kExactDxCount values) the formula
-/// in double instead, from dx_coef.exact(c) (see exact_dx; exact_dx_lanes for inner 1).
+/// in double instead, from dx_coef.exact(c) (see exact_dx).
 template <class T, class DxCoef>
 void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, Index nc, const DxCoef& dx_coef,
               T* dx) noexcept {
@@ -257,20 +257,10 @@ void group_dx(const T* x, const T* dy, const View& v, const Plan& p, Index c0, I
     A mean[kExactDxChannels], dp[kExactDxChannels], dq[kExactDxChannels], dr[kExactDxChannels];
     for (Index b0 = c0; b0 < c0 + nc; b0 += kExactDxChannels) {
       const Index nb = std::min(kExactDxChannels, c0 + nc - b0);
-      bool built = false;
-#if defined(__GNUC__)
-      if constexpr (has_dx_inputs<DxCoef>) exact_dx_constants(dx_coef, b0, nb, mean, dp, dq, dr), built = true;
-#endif
-      for (Index j = 0; j < nb && !built; ++j) {
+      for (Index j = 0; j < nb; ++j) {
         const auto e = dx_coef.exact(b0 + j);
         mean[j] = e.mean, dp[j] = e.p, dq[j] = e.q, dr[j] = e.r;
       }
-#if defined(__GNUC__)
-      if (v.inner == 1) {
-        exact_dx_lanes(x, dy, v, b0, nb, mean, dp, dq, dr, dx);
-        continue;
-      }
-#endif
       exact_dx(x, dy, v, b0, nb, mean, dp, dq, dr, dx);
     }
     return;

@@ -377,48 +377,34 @@ void dx_lanes(const DxInputs<T, accum_t<T>>& in, const Scalar& scalar, Index t0,
   if (dx_lanes_observer) dx_lanes_observer(n);
 }
 
-/// The constants of exact_dx for channels [c0, c0 + n) (index j: channel c0 + j), Simd<A>::lanes
-/// channels at a time: the vector twin of functional's DxCoef::exact, p = kc, q, r of dx_kqr.
-template <class T, class A>
-void exact_dx_constants(const DxInputs<T, A>& in, Index c0, Index n, A* mean, A* p, A* q, A* r) noexcept {
-  using V = AffineVecs<T, A>;
-  using avec = typename V::avec;
-  constexpr int L = V::lanes;
-  for (Index j = 0; j < n; j += L) {
-    const int w = static_cast<int>(std::min<Index>(L, n - j));
-    const Index c = c0 + j;
-    avec invstd, kc, qv, rv;
-    V::dx_kqr(in, c, w, invstd, kc, qv, rv);
-    const avec mv = V::template load<avec>(in.mean + c, w);
-    V::store_a(mean + j, mv, w), V::store_a(p + j, kc, w), V::store_a(q + j, qv, w), V::store_a(r + j, rv, w);
-  }
-}
-
-/// exact_dx (detail/exact.hpp) of a view of inner 1, Simd<A>::lanes channels at a time, row by
-/// row: the same formula in A, rounded once to T,
-///   dx = T(dy * p + ((x - mean) * q + r))     (constants of channel c0 + j at index j)
-/// dx may equal x or dy (each vector is read before it is written).
-template <class T, class A>
-void exact_dx_lanes(const T* x, const T* dy, const View& v, Index c0, Index nc, const A* mean, const A* p,
-                    const A* q, const A* r, T* dx) noexcept {
-  using V = AffineVecs<T, A>;
-  using avec = typename V::avec;
-  using tvec = typename V::tvec;
-  constexpr int L = V::lanes;
-  for (Index o = 0; o < v.outer; ++o) {
-    const Index off = o * v.channels + c0;
-    for (Index j = 0; j < nc; j += L) {
-      const int w = static_cast<int>(std::min<Index>(L, nc - j));
-      const avec xv = V::template load<tvec>(x + off + j, w), dyv = V::template load<tvec>(dy + off + j, w);
-      const avec d = dyv * V::template load<avec>(p + j, w) +
-                     ((xv - V::template load<avec>(mean + j, w)) * V::template load<avec>(q + j, w) +
-                      V::template load<avec>(r + j, w));
-      V::store(dx + off + j, __builtin_convertvector(d, tvec), w);
-    }
-  }
-  if (exact_dx_lanes_observer) exact_dx_lanes_observer(v.outer * nc);
-}
 #endif
+
+/// dx = dy * p + (x - mean) * q + r' of channels [c0, c0 + nc), in A, rounded once to T, with
+/// the constants of channel c0 + j at index j: p = k_c, q = -k_c * invstd_c^2 * sum_dy_d / m,
+/// r' = -k_c * sum_dy / m (functional::backward_training). In memory order, row by row: a
+/// channel at a time would walk a RowMajor (N, C) tensor down its columns, a cache line a value.
+/// Plain loops, written here so that the compiler vectorises them with this copy's ISA.
+template <class T, class A>
+void exact_dx(const T* x, const T* dy, const View& v, Index c0, Index nc, const A* mean, const A* p, const A* q,
+              const A* r, T* dx) noexcept {
+  const Index I = v.inner;
+  const auto dx_at = [&](Index i, Index j) {
+    return static_cast<T>(static_cast<A>(dy[i]) * p[j] + ((static_cast<A>(x[i]) - mean[j]) * q[j] + r[j]));
+  };
+  if (I == 1) {  // (N, C) RowMajor, channels-last: a row of channels, one loop the compiler vectorises
+    for (Index o = 0; o < v.outer; ++o) {
+      const Index off = o * v.channels + c0;
+      for (Index j = 0; j < nc; ++j) dx[off + j] = dx_at(off + j, j);
+    }
+    if (exact_dx_rows_observer) exact_dx_rows_observer(v.outer * nc);
+    return;
+  }
+  for (Index o = 0; o < v.outer; ++o)
+    for (Index j = 0; j < nc; ++j) {
+      const Index off = (o * v.channels + c0 + j) * I;
+      for (Index i = off; i < off + I; ++i) dx[i] = dx_at(i, j);
+    }
+}
 
 /// Fills tc with the constants of channels [t0, t0 + nt) (inner I) for a pass on `path`:
 /// Coefs per channel (wide rows), or the five lane arrays (lane path; with inner 1 and an
