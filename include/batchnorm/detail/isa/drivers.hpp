@@ -10,9 +10,8 @@ inline void observe(const Plan& p) noexcept {
   if (plan_observer) plan_observer(p, kIsa);
 }
 
-/// coef_of(c), with the constants that copy the input (copying_coef) in place of those of a
-/// channel marked exact, whose values an exact pass computes afterwards; `any` notes such a
-/// channel.
+/// coef_of, with `copy` (the constants that copy the input, copying_coef) for a channel marked
+/// exact: VectorCoefs (isa/store.hpp).
 template <class T, class CoefOf>
 VectorCoefs<T, CoefOf> vector_coefs(const CoefOf& coef_of, const Coef<T>& copy, bool& any) noexcept {
   return {coef_of, copy, any};

@@ -241,6 +241,12 @@ inline constexpr bool dx_source = false;
 template <class T, class S>
 inline constexpr bool dx_source<T, VectorCoefs<T, S>> = has_dx_inputs<S>;
 
+/// Lane l of the five lane arrays k (head, tail, p, q, r) from the constants cf.
+template <class K, class T>
+void put_lane(K& k, Index l, const Coef<T>& cf) noexcept {
+  k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+}
+
 #if defined(__GNUC__)
 /// Vectors of Simd<A>::lanes channels: their inputs in A, in T, in M.
 template <class T, class M>
@@ -262,26 +268,12 @@ struct AffineVecs {
     if (n == lanes) std::memcpy(p, &v, sizeof v);
     else std::memcpy(p, &v, sizeof(T) * static_cast<std::size_t>(n));
   }
-  static void store_a(A* p, avec v, int n) noexcept {
-    if (n == lanes) std::memcpy(p, &v, sizeof v);
-    else std::memcpy(p, &v, sizeof(A) * static_cast<std::size_t>(n));
-  }
   /// True if the first n lanes of a comparison's result (-1: true, 0: false) are all true.
   template <class Mask>
   static bool all_of(const Mask& flags, int n) noexcept {
     bool all = true;
     for (int l = 0; l < n; ++l) all &= flags[l] != 0;
     return all;
-  }
-  /// The dx constants of channels [c, c + n) from `in`, lanes past n zero:
-  ///   kc = invstd * weight,  q = -kc * (invstd * (invstd * (sum_dy_d / m))),  r = -kc * (sum_dy / m)
-  /// (no invstd^3: it may overflow).
-  static void dx_kqr(const DxInputs<T, A>& in, Index c, int n, avec& invstd, avec& kc, avec& q, avec& r) noexcept {
-    const avec one = avec{} + A(1), m = avec{} + in.m;
-    invstd = load<avec>(in.invstd + c, n);
-    kc = invstd * (in.weight ? load<tvec>(in.weight + c, n) : one);
-    q = -kc * (invstd * (invstd * (load<avec>(in.sum_dy_d + c, n) / m)));
-    r = -kc * (load<avec>(in.sum_dy + c, n) / m);
   }
 };
 
@@ -328,7 +320,7 @@ void affine_lanes(const AffineInputs<T, M>& in, const Scalar& scalar, Index t0, 
     }
     for (Index l = j; l < j + w; ++l) {
       const Coef<T> cf = scalar(t0 + l);
-      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+      put_lane(k, l, cf);
     }
   }
   if (affine_lanes_observer) affine_lanes_observer(n);
@@ -347,13 +339,14 @@ void dx_lanes(const DxInputs<T, accum_t<T>>& in, const Scalar& scalar, Index t0,
   using avec = typename V::avec;
   using tvec = typename V::tvec;
   constexpr int L = V::lanes;
-  const avec zero{}, one = zero + A(1);
+  const avec zero{}, one = zero + A(1), m = zero + in.m;
   for (Index j = 0; j < n; j += L) {
     const int w = static_cast<int>(std::min<Index>(L, n - j));
     const Index c = t0 + j;
-    const avec mean = V::template load<avec>(in.mean + c, w);
-    avec invstd, kc, q, r;
-    V::dx_kqr(in, c, w, invstd, kc, q, r);
+    const avec mean = V::template load<avec>(in.mean + c, w), invstd = V::template load<avec>(in.invstd + c, w);
+    const avec kc = invstd * (in.weight ? V::template load<tvec>(in.weight + c, w) : one);
+    const avec q = -kc * (invstd * (invstd * (V::template load<avec>(in.sum_dy_d + c, w) / m)));
+    const avec r = -kc * (V::template load<avec>(in.sum_dy + c, w) / m);
     const tvec head = __builtin_convertvector(mean, tvec);
     const avec tail = mean - __builtin_convertvector(head, avec);
     bool common = true;
@@ -371,7 +364,7 @@ void dx_lanes(const DxInputs<T, accum_t<T>>& in, const Scalar& scalar, Index t0,
     }
     for (Index l = j; l < j + w; ++l) {
       const Coef<T> cf = scalar(t0 + l);
-      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+      put_lane(k, l, cf);
     }
   }
   if (dx_lanes_observer) dx_lanes_observer(n);
@@ -435,7 +428,7 @@ void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, con
     const Coef<T> cf = coef_of(t0 + j);
     for (Index i = 0; i < I; ++i) {
       const Index l = j * I + i;
-      k[0][l] = cf.head, k[1][l] = cf.tail, k[2][l] = cf.p, k[3][l] = cf.q, k[4][l] = cf.r;
+      put_lane(k, l, cf);
     }
   }
   if (nl > 0)
