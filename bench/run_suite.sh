@@ -60,6 +60,9 @@ if ((publish)); then
   ((!out_given)) || { echo "run_suite.sh: --publish writes bench/results; drop --out-dir" >&2; exit 2; }
   out_dir="$here/results"
 fi
+# The revision before anything is written: --publish overwrites tracked files, which would make
+# every published run look like a run of modified code.
+revision="$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
 mkdir -p "$out_dir"
 out_dir="$(cd -- "$out_dir" && pwd)"
 
@@ -101,7 +104,7 @@ busy="$(cpu_busy_percent)"
 meta="$out_dir/meta.txt"
 {
   echo "date (UTC): $(date -u '+%Y-%m-%d %H:%M:%S')"
-  echo "git: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
+  echo "git: $revision"
   echo "machine: $(uname -m), Linux $(uname -r)"
   echo "CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1), $(nproc) CPUs, AVX-512: $avx512"
   echo "compiler: $("$cxx" --version | head -n 1), -march=native = ${march:-?}"
