@@ -621,13 +621,20 @@ TEST_CASE("the kernels' invstd is invstd_of bitwise, a vector of channels at a t
         kernels.run_invstd(var.data(), static_cast<F::Index>(n), eps, out.data());
         kernels.run_invstd(in_place.data(), static_cast<F::Index>(n), eps, in_place.data());
       });
+      // inference_stats (the module's eval forward) takes its invstd the same way.
+      std::vector<double> stats_mean(n + 1, -7.0), stats_invstd(n + 1, -7.0);
+      F::inference_stats(static_cast<F::Index>(n), var.data(), var.data(), eps, stats_mean.data(), stats_invstd.data());
       for (std::size_t c = 0; c < n; ++c) {
         const double want = F::invstd_of(var[c], eps);
         INFO("var " << var[c]);
         CHECK(same_bits(out[c], want));
         CHECK(same_bits(in_place[c], want));
+        CHECK(same_bits(stats_invstd[c], want));
+        CHECK(same_bits(stats_mean[c], var[c]));
       }
       CHECK(out[n] == -7.0);  // nothing written past n
+      CHECK(stats_mean[n] == -7.0);
+      CHECK(stats_invstd[n] == -7.0);
     }
   }
 }
@@ -637,13 +644,17 @@ TEMPLATE_TEST_CASE("lane constants of channels of one value, many channels at on
   using T = TestType;
   using A = Acc<T>;
   const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
-  constexpr F::Index N = 3;
+  const F::Index W = active_lanes<T>();
   // The same values as (N, C) (channels of one value a row: the lane constants built a vector of
-  // channels at a time, affine_lanes) and transposed as (1, C, N) (constants channel by channel:
-  // the scalar form); y must be the same bits. Every tail of the vector width, and channels at
-  // the edge of float's range (the exact path) or NaN among common ones.
+  // channels at a time, affine_lanes), transposed as (1, C, N) (one row: built the same way on
+  // the row path, where N is a vector or more) and twice as (2, C, N) (constants channel by
+  // channel: the scalar form); y must be the same bits. Every tail of the vector width, and
+  // channels at the edge of float's range (the exact path) or NaN among common ones.
+  for (const F::Index N : {F::Index(3), F::Index(40)})
   for (const F::Index C : {F::Index(2), F::Index(7), F::Index(8), F::Index(9), F::Index(19), F::Index(300)}) {
-    const View lanes{N, C, 1}, rows{1, C, N};
+    const View lanes{N, C, 1}, rows{1, C, N}, twice{2, C, N};
+    const D::Plan row_plan = D::make_elementwise_plan<T>(rows, static_cast<int>(W));
+    const bool rows_build = row_plan.row() && row_plan.short_rows;
     std::vector<T> x = normal_values<T>(static_cast<std::size_t>(N * C), 3.0, 2.0, 51);
     std::vector<T> rm = normal_values<T>(static_cast<std::size_t>(C), 3.0, 0.5, 52);
     std::vector<T> rv = normal_values<T>(static_cast<std::size_t>(C), 0.0, 1.0, 53);
@@ -670,32 +681,40 @@ TEMPLATE_TEST_CASE("lane constants of channels of one value, many channels at on
     edge(11, 1e34, 1.0, 1.0);  // float: |mean| beyond the common range
     edge(17, nan, 1.0, 1.0);
     edge(250, 1.0, inf, 1.0);
-    std::vector<T> xt(x.size());
+    std::vector<T> xt(x.size()), xt2(2 * x.size());
     for (F::Index n = 0; n < N; ++n)
       for (F::Index c = 0; c < C; ++c) xt[static_cast<std::size_t>(c * N + n)] = x[static_cast<std::size_t>(n * C + c)];
+    std::copy(xt.begin(), xt.end(), xt2.begin());
+    std::copy(xt.begin(), xt.end(), xt2.begin() + static_cast<std::ptrdiff_t>(xt.size()));
     for (int affine = 0; affine < 3; ++affine) {  // weight and bias, no weight, no bias
       const T* wp = affine == 1 ? nullptr : w.data();
       const T* bp = affine == 2 ? nullptr : b.data();
       for (const bool running : {true, false}) {
-        INFO("C " << C << ", affine " << affine << ", " << (running ? "forward_inference" : "normalize"));
+        INFO("N " << N << ", C " << C << ", affine " << affine << ", "
+                  << (running ? "forward_inference" : "normalize"));
         const auto run = [&](const std::vector<T>& in, const View& v, std::vector<T>& y) {
           if (running) F::forward_inference(in.data(), v, rm.data(), rv.data(), wp, bp, 1e-5, y.data());
           else F::normalize(in.data(), v, mean.data(), invstd.data(), wp, bp, y.data());
         };
-        std::vector<T> y(x.size()), yt(x.size());
+        std::vector<T> y(x.size()), yt(x.size()), yt2(xt2.size());
         static std::atomic<long> built;
-        built = 0;
-        D::affine_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
-        run(x, lanes, y);
-        const long vector_channels = built;
-        run(xt, rows, yt);
-        D::affine_lanes_observer = nullptr;
-        CHECK(vector_channels == static_cast<long>(C));
-        CHECK(built == static_cast<long>(C));  // the transposed view built none
+        const auto built_by = [&](const std::vector<T>& in, const View& v, std::vector<T>& out) {
+          built = 0;
+          D::affine_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
+          run(in, v, out);
+          D::affine_lanes_observer = nullptr;
+          return static_cast<F::Index>(built);
+        };
+        CHECK(built_by(x, lanes, y) == C);
+        CHECK(built_by(xt, rows, yt) == (rows_build ? C : 0));
+        CHECK(built_by(xt2, twice, yt2) == 0);
         for (F::Index n = 0; n < N; ++n)
           for (F::Index c = 0; c < C; ++c) {
             INFO("n " << n << ", c " << c);
-            CHECK(same_bits(y[static_cast<std::size_t>(n * C + c)], yt[static_cast<std::size_t>(c * N + n)]));
+            const T want = yt2[static_cast<std::size_t>(c * N + n)];
+            CHECK(same_bits(y[static_cast<std::size_t>(n * C + c)], want));
+            CHECK(same_bits(yt[static_cast<std::size_t>(c * N + n)], want));
+            CHECK(same_bits(yt2[static_cast<std::size_t>((C + c) * N + n)], want));
           }
       }
     }
@@ -707,11 +726,15 @@ TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once
   using T = TestType;
   using A = Acc<T>;
   const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  const F::Index W = active_lanes<T>();
   // As above, for backward_dx: (N, C) (dx constants built a vector of channels at a time,
-  // dx_lanes) against (1, C, N) (channel by channel). N > kExactDxCount: float dx in T.
-  constexpr F::Index N = D::kExactDxCount + 1;
+  // dx_lanes), (1, C, N) (the same on the row path) against (2, C, N) (channel by channel).
+  // N > kExactDxCount: float dx in T. Every view takes the count of the largest, 2N.
+  for (const F::Index N : {D::kExactDxCount + 1, F::Index(40)})
   for (const F::Index C : {F::Index(2), F::Index(7), F::Index(9), F::Index(19), F::Index(300)}) {
-    const View lanes{N, C, 1}, rows{1, C, N};
+    const View lanes{N, C, 1}, rows{1, C, N}, twice{2, C, N};
+    const D::Plan row_plan = D::make_plan<T>(rows, static_cast<int>(W));
+    const bool rows_build = row_plan.row() && row_plan.short_rows;
     const auto n = static_cast<std::size_t>(N * C), nc = static_cast<std::size_t>(C);
     const std::vector<T> x = normal_values<T>(n, 3.0, 2.0, 61), dy = normal_values<T>(n, 0.0, 1.0, 62);
     std::vector<T> w = normal_values<T>(nc, 1.0, 0.3, 63);
@@ -732,31 +755,35 @@ TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once
     edge(8, 1e34, 1.0, 1.0);   // float: |mean| beyond it
     edge(17, nan, 1.0, 1.0);
     edge(250, 1.0, inf, 1.0);
-    std::vector<T> xt(n), dyt(n);
+    std::vector<T> xt(2 * n), dyt(2 * n);  // twice: the second copy for (2, C, N)
     for (F::Index o = 0; o < N; ++o)
-      for (F::Index c = 0; c < C; ++c) {
-        xt[static_cast<std::size_t>(c * N + o)] = x[static_cast<std::size_t>(o * C + c)];
-        dyt[static_cast<std::size_t>(c * N + o)] = dy[static_cast<std::size_t>(o * C + c)];
-      }
+      for (F::Index c = 0; c < C; ++c)
+        for (const std::size_t copy : {std::size_t(0), n}) {
+          xt[copy + static_cast<std::size_t>(c * N + o)] = x[static_cast<std::size_t>(o * C + c)];
+          dyt[copy + static_cast<std::size_t>(c * N + o)] = dy[static_cast<std::size_t>(o * C + c)];
+        }
     for (const bool affine : {true, false}) {
-      INFO("C " << C << (affine ? ", weight" : ", no weight"));
+      INFO("N " << N << ", C " << C << (affine ? ", weight" : ", no weight"));
       const T* wp = affine ? w.data() : nullptr;
-      std::vector<T> dx(n), dxt(n);
+      std::vector<T> dx(n), dxt(n), dxt2(2 * n);
       static std::atomic<long> built;
-      built = 0;
-      D::dx_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
-      F::backward_dx(x.data(), dy.data(), lanes, mean.data(), invstd.data(), wp, N, sum_dy.data(), sum_dy_d.data(),
-                     dx.data());
-      const long vector_channels = built;
-      F::backward_dx(xt.data(), dyt.data(), rows, mean.data(), invstd.data(), wp, N, sum_dy.data(), sum_dy_d.data(),
-                     dxt.data());
-      D::dx_lanes_observer = nullptr;
-      CHECK(vector_channels == static_cast<long>(C));
-      CHECK(built == static_cast<long>(C));  // the transposed view built none
+      const auto built_by = [&](const T* xp, const T* dyp, const View& v, T* out) {
+        built = 0;
+        D::dx_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
+        F::backward_dx(xp, dyp, v, mean.data(), invstd.data(), wp, 2 * N, sum_dy.data(), sum_dy_d.data(), out);
+        D::dx_lanes_observer = nullptr;
+        return static_cast<F::Index>(built);
+      };
+      CHECK(built_by(x.data(), dy.data(), lanes, dx.data()) == C);
+      CHECK(built_by(xt.data(), dyt.data(), rows, dxt.data()) == (rows_build ? C : 0));
+      CHECK(built_by(xt.data(), dyt.data(), twice, dxt2.data()) == 0);
       for (F::Index o = 0; o < N; ++o)
         for (F::Index c = 0; c < C; ++c) {
           INFO("n " << o << ", c " << c);
-          CHECK(same_bits(dx[static_cast<std::size_t>(o * C + c)], dxt[static_cast<std::size_t>(c * N + o)]));
+          const T want = dxt2[static_cast<std::size_t>(c * N + o)];
+          CHECK(same_bits(dx[static_cast<std::size_t>(o * C + c)], want));
+          CHECK(same_bits(dxt[static_cast<std::size_t>(c * N + o)], want));
+          CHECK(same_bits(dxt2[n + static_cast<std::size_t>(c * N + o)], want));
         }
     }
   }

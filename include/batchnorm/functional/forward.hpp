@@ -80,8 +80,10 @@ void inference_stats(Index channels, const T* running_mean, const T* running_var
   batchnorm::detail::check_eps("batchnorm::functional::inference_stats", eps);
   for (Index c = 0; c < channels; ++c) {
     mean[c] = static_cast<accum_t<T>>(running_mean[c]);
-    invstd[c] = invstd_of(static_cast<accum_t<T>>(running_var[c]), eps);
+    invstd[c] = static_cast<accum_t<T>>(running_var[c]);
   }
+  // invstd_of in vectors of channels (the kernels' invstd, the same bits), in place.
+  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_invstd(invstd, channels, eps, invstd); });
 }
 
 /// Normalize with given per-channel statistics:

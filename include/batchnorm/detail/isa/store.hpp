@@ -372,6 +372,36 @@ void dx_lanes(const DxInputs<T, accum_t<T>>& in, const Scalar& scalar, Index t0,
 
 #endif
 
+/// True if lane_coefs builds the constants of coef_of many channels at once.
+template <class T, class CoefOf>
+inline constexpr bool has_lane_coefs =
+#if defined(__GNUC__)
+    affine_source<T, CoefOf> || dx_source<T, CoefOf>;
+#else
+    false;
+#endif
+
+/// The constants of channels [t0, t0 + n) into lanes 0..n-1 of the five lane arrays k, many
+/// channels at once (affine_lanes, dx_lanes): the bits of coef_of's. Only where has_lane_coefs.
+template <class T, class CoefOf>
+void lane_coefs(const CoefOf& coef_of, Index t0, Index n, T* const* k) noexcept {
+  static_assert(has_lane_coefs<T, CoefOf>, "constants of this functor are built channel by channel");
+#if defined(__GNUC__)
+  if constexpr (affine_source<T, CoefOf>) affine_lanes(coef_of.coef_of, coef_of, t0, n, k);
+  else dx_lanes(coef_of.coef_of, coef_of, t0, n, k);
+#else
+  (void)coef_of, (void)t0, (void)n, (void)k;
+#endif
+}
+
+/// The constants in lane l of the five lane arrays k (put_lane's inverse).
+template <class T, class K>
+Coef<T> get_lane(const K& k, Index l) noexcept {
+  Coef<T> cf;
+  cf.head = k[0][l], cf.tail = k[1][l], cf.p = k[2][l], cf.q = k[3][l], cf.r = k[4][l];
+  return cf;
+}
+
 /// dx = dy * p + (x - mean) * q + r' of channels [c0, c0 + nc), in A, rounded once to T, with
 /// the constants of channel c0 + j at index j: p = k_c, q = -k_c * invstd_c^2 * sum_dy_d / m,
 /// r' = -k_c * sum_dy / m (functional::backward_training). In memory order, row by row: a
@@ -414,16 +444,13 @@ void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, con
   const Index nl = nt * I;
   BATCHNORM_ASSERT(nl <= kLanes, "a lane tile fits the constants arrays");
   bool filled = false;
-#if defined(__GNUC__)
-  if constexpr (affine_source<T, CoefOf> || dx_source<T, CoefOf>) {
+  if constexpr (has_lane_coefs<T, CoefOf>) {
     if (I == 1) {
       T* const arrays[5] = {k[0], k[1], k[2], k[3], k[4]};
-      if constexpr (affine_source<T, CoefOf>) affine_lanes(coef_of.coef_of, coef_of, t0, nt, arrays);
-      else dx_lanes(coef_of.coef_of, coef_of, t0, nt, arrays);
+      lane_coefs(coef_of, t0, nt, arrays);
       filled = true;
     }
   }
-#endif
   for (Index j = 0; j < nt && !filled; ++j) {
     const Coef<T> cf = coef_of(t0 + j);
     for (Index i = 0; i < I; ++i) {
@@ -506,6 +533,18 @@ void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, I
   TileConstants<T> own;
   TileConstants<T>& tc = shared ? *shared : own;
   if (p.row()) {
+    if constexpr (has_lane_coefs<T, CoefOf>) {
+      if (p.short_rows) {  // one row of short channels: constants kLanes channels at a time
+        T* const arrays[5] = {own.k[0], own.k[1], own.k[2], own.k[3], own.k[4]};
+        for (Index t0 = c0; t0 < c0 + nc; t0 += kLanes) {
+          const Index nt = std::min(kLanes, c0 + nc - t0);
+          lane_coefs(coef_of, t0, nt, arrays);
+          const auto lane_of = [&](Index c) { return get_lane<T>(own.k, c - t0); };
+          for (Index c = t0; c < t0 + nt; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, lane_of, f, tc);
+        }
+        return;
+      }
+    }
     for (Index c = c0; c < c0 + nc; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, coef_of, f, tc);
     return;
   }
