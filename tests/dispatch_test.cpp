@@ -655,6 +655,7 @@ TEMPLATE_TEST_CASE("lane constants of channels of one value, many channels at on
     const View lanes{N, C, 1}, rows{1, C, N}, twice{2, C, N};
     const D::Plan row_plan = D::make_elementwise_plan<T>(rows, static_cast<int>(W));
     const bool rows_build = row_plan.row() && row_plan.short_rows;
+    if (N == 40) REQUIRE(rows_build);  // a vector or more of values: the row path on every copy
     std::vector<T> x = normal_values<T>(static_cast<std::size_t>(N * C), 3.0, 2.0, 51);
     std::vector<T> rm = normal_values<T>(static_cast<std::size_t>(C), 3.0, 0.5, 52);
     std::vector<T> rv = normal_values<T>(static_cast<std::size_t>(C), 0.0, 1.0, 53);
@@ -735,6 +736,7 @@ TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once
     const View lanes{N, C, 1}, rows{1, C, N}, twice{2, C, N};
     const D::Plan row_plan = D::make_plan<T>(rows, static_cast<int>(W));
     const bool rows_build = row_plan.row() && row_plan.short_rows;
+    REQUIRE(rows_build);  // more than a vector of values: the row path on every copy
     const auto n = static_cast<std::size_t>(N * C), nc = static_cast<std::size_t>(C);
     const std::vector<T> x = normal_values<T>(n, 3.0, 2.0, 61), dy = normal_values<T>(n, 0.0, 1.0, 62);
     std::vector<T> w = normal_values<T>(nc, 1.0, 0.3, 63);
@@ -777,6 +779,8 @@ TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once
       CHECK(built_by(x.data(), dy.data(), lanes, dx.data()) == C);
       CHECK(built_by(xt.data(), dyt.data(), rows, dxt.data()) == (rows_build ? C : 0));
       CHECK(built_by(xt.data(), dyt.data(), twice, dxt2.data()) == 0);
+      std::vector<T> in_place(dyt.begin(), dyt.begin() + static_cast<std::ptrdiff_t>(n));  // dx over dy
+      CHECK(built_by(xt.data(), in_place.data(), rows, in_place.data()) == C);
       for (F::Index o = 0; o < N; ++o)
         for (F::Index c = 0; c < C; ++c) {
           INFO("n " << o << ", c " << c);
@@ -784,6 +788,7 @@ TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once
           CHECK(same_bits(dx[static_cast<std::size_t>(o * C + c)], want));
           CHECK(same_bits(dxt[static_cast<std::size_t>(c * N + o)], want));
           CHECK(same_bits(dxt2[n + static_cast<std::size_t>(c * N + o)], want));
+          CHECK(same_bits(in_place[static_cast<std::size_t>(c * N + o)], want));
         }
     }
   }

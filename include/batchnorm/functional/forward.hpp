@@ -78,12 +78,15 @@ template <class T>
 void inference_stats(Index channels, const T* running_mean, const T* running_var, double eps, accum_t<T>* mean,
                      accum_t<T>* invstd) {
   batchnorm::detail::check_eps("batchnorm::functional::inference_stats", eps);
-  for (Index c = 0; c < channels; ++c) {
-    mean[c] = static_cast<accum_t<T>>(running_mean[c]);
-    invstd[c] = static_cast<accum_t<T>>(running_var[c]);
-  }
-  // invstd_of in vectors of channels (the kernels' invstd, the same bits), in place.
-  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_invstd(invstd, channels, eps, invstd); });
+  // Inside the dispatch, which throws for a bad BATCHNORM_ISA: a call that throws writes nothing.
+  batchnorm::detail::dispatch([&](auto kernels) {
+    for (Index c = 0; c < channels; ++c) {
+      mean[c] = static_cast<accum_t<T>>(running_mean[c]);
+      invstd[c] = static_cast<accum_t<T>>(running_var[c]);
+    }
+    // invstd_of in vectors of channels (the kernels' invstd, the same bits), in place.
+    kernels.run_invstd(invstd, channels, eps, invstd);
+  });
 }
 
 /// Normalize with given per-channel statistics:

@@ -195,7 +195,9 @@ inline void apply_lane_run(const T* x, const T* u, T* out, Index n, Index nl, co
 /// tile (a group's row blocks of one tile take them once, not once a block): per lane (lane
 /// path, k's arrays of nl + W lanes, lane l >= nl repeating lane l mod nl) or per channel (wide
 /// rows). A `frozen` set is filled once for the segments of a view (segments_apply_exact) and
-/// read by all of them, on the threads: it is never refilled.
+/// read by all of them, on the threads: it is never refilled. group_apply also uses the arrays
+/// of its own set as scratch on the row path (constants of short channels: t0 and nt are not
+/// theirs then).
 template <class T>
 struct TileConstants {
   Index t0 = -1, nt = 0;
@@ -394,7 +396,8 @@ void lane_coefs(const CoefOf& coef_of, Index t0, Index n, T* const* k) noexcept 
 #endif
 }
 
-/// The constants in lane l of the five lane arrays k (put_lane's inverse).
+/// The constants in lane l of the five lane arrays k: head, tail, p, q, r as put_lane stored
+/// them; exact false and the double constants (em, ep, eq, er) zero.
 template <class T, class K>
 Coef<T> get_lane(const K& k, Index l) noexcept {
   Coef<T> cf;
@@ -430,8 +433,8 @@ void exact_dx(const T* x, const T* dy, const View& v, Index c0, Index nc, const 
 }
 
 /// Fills tc with the constants of channels [t0, t0 + nt) (inner I) for a pass on `path`:
-/// Coefs per channel (wide rows), or the five lane arrays (lane path; with inner 1 and an
-/// affine source, many channels at once: affine_lanes).
+/// Coefs per channel (wide rows), or the five lane arrays (lane path; with inner 1 and
+/// has_lane_coefs, many channels at once: lane_coefs).
 template <class T, class CoefOf>
 void fill_tile(TileConstants<T>& tc, Path path, Index I, Index t0, Index nt, const CoefOf& coef_of) noexcept {
   if (path == Path::wide_rows) {
@@ -525,8 +528,9 @@ void region_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, 
 }
 
 /// out = f(x, u, coefficients of the value's channel) over the channels of a group: channel by
-/// channel on the row path, row blocks of lane tiles in memory order on the lane path.
-/// shared: the constants of the group's one tile, filled beforehand (frozen), or null.
+/// channel on the row path (with short rows and has_lane_coefs, the constants built kLanes
+/// channels at a time first: lane_coefs), row blocks of lane tiles in memory order on the lane
+/// path. shared: the constants of the group's one tile, filled beforehand (frozen), or null.
 template <class T, bool HasU, class CoefOf, class F>
 void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc, CoefOf coef_of,
                  F f, TileConstants<T>* shared = nullptr) noexcept {
@@ -539,8 +543,9 @@ void group_apply(const T* x, const T* u, T* out, const View& v, const Plan& p, I
         for (Index t0 = c0; t0 < c0 + nc; t0 += kLanes) {
           const Index nt = std::min(kLanes, c0 + nc - t0);
           lane_coefs(coef_of, t0, nt, arrays);
-          const auto lane_of = [&](Index c) { return get_lane<T>(own.k, c - t0); };
-          for (Index c = t0; c < t0 + nt; ++c) region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, lane_of, f, tc);
+          const auto built_coef = [&](Index c) { return get_lane<T>(own.k, c - t0); };
+          for (Index c = t0; c < t0 + nt; ++c)
+            region_apply<T, HasU>(x, u, out, v, p, 0, v.outer, c, 1, built_coef, f, tc);
         }
         return;
       }
