@@ -777,7 +777,7 @@ TEMPLATE_TEST_CASE("dx constants of channels of one value, many channels at once
         return static_cast<F::Index>(built);
       };
       CHECK(built_by(x.data(), dy.data(), lanes, dx.data()) == C);
-      CHECK(built_by(xt.data(), dyt.data(), rows, dxt.data()) == (rows_build ? C : 0));
+      CHECK(built_by(xt.data(), dyt.data(), rows, dxt.data()) == C);
       CHECK(built_by(xt.data(), dyt.data(), twice, dxt2.data()) == 0);
       std::vector<T> in_place(dyt.begin(), dyt.begin() + static_cast<std::ptrdiff_t>(n));  // dx over dy
       CHECK(built_by(xt.data(), in_place.data(), rows, in_place.data()) == C);
