@@ -207,6 +207,10 @@ TEMPLATE_TEST_CASE("synchronized BatchNorm2d equals BatchNorm2d on the concatena
   SECTION("ColMajor (N, C, H, W)") {
     check_against_whole_batch<T, 2, 4, Eigen::ColMajor>({11, 3, 4, 5}, BatchNormOptions(3), mean, std, 12);
   }
+  SECTION("RowMajor (N, C, H, W), Keras' conventions (biased running variance, eps 1e-3)") {
+    check_against_whole_batch<T, 2, 4, Eigen::RowMajor>({11, 3, 4, 5}, BatchNormOptions::keras(3).momentum(0.5), mean,
+                                                       std, 14);
+  }
   SECTION("channels-last (N, H, W, C), cumulative average, no affine") {
     check_against_whole_batch<T, 2, 4, Eigen::RowMajor>(
         {11, 4, 5, 18}, BatchNormOptions(18).channels_last(true).momentum(std::nullopt).affine(false), mean, std, 13);

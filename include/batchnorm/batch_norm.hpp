@@ -3,8 +3,11 @@
 
 #include "config.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <exception>
+#include <limits>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -18,6 +21,7 @@
 #include "detail/errors.hpp"
 #include "functional.hpp"
 #include "options.hpp"
+#include "state.hpp"
 
 BATCHNORM_BEGIN_NAMESPACE
 
@@ -160,6 +164,134 @@ class BatchNorm {
   std::int64_t& num_batches_tracked() { return tracking_only("num_batches_tracked", num_batches_tracked_); }
   std::int64_t num_batches_tracked() const { return tracking_only("num_batches_tracked", num_batches_tracked_); }
 
+  /// The module's state under PyTorch's names, each key prefix + name (prefix as PyTorch's
+  /// module path with its dot, e.g. "layer1.0.bn1."):
+  ///   weight, bias                      [C]   affine on
+  ///   running_mean, running_var         [C]   track_running_stats on
+  ///   num_batches_tracked               []    track_running_stats on; I64, 0-dimensional
+  /// Parameters and statistics are F32 for a float module, F64 for a double one.
+  StateDict state_dict(const std::string& prefix = "") const {
+    StateDict out;
+    const std::vector<std::int64_t> c{options_.num_features()};
+    check_state("state_dict");
+    if (options_.affine()) {
+      out.emplace(prefix + "weight", StateTensor::from_values(weight_.data(), c));
+      out.emplace(prefix + "bias", StateTensor::from_values(bias_.data(), c));
+    }
+    if (options_.track_running_stats()) {
+      out.emplace(prefix + "running_mean", StateTensor::from_values(running_mean_.data(), c));
+      out.emplace(prefix + "running_var", StateTensor::from_values(running_var_.data(), c));
+      out.emplace(prefix + "num_batches_tracked", StateTensor::from_values(&num_batches_tracked_, {}));
+    }
+    return out;
+  }
+
+  /// Loads the entries state_dict(prefix) would write, from this library or from PyTorch (the
+  /// same layer's keys in a model's state_dict). Parameters and statistics may be F64, F32, F16
+  /// or BF16 of shape [C]: F16 and BF16 convert exactly, F64 into float rounds to nearest (a
+  /// finite value beyond float's range is an error, not Inf); num_batches_tracked must be I64 of
+  /// shape [] holding 0 to 2^63 - 2 (PyTorch's loader fills in 0 for a checkpoint older than
+  /// PyTorch 0.4.1 that lacks it; here it is a missing key). Keys that begin with prefix and are
+  /// none of those are unexpected.
+  /// strict: a missing or unexpected key, a wrong shape, a dtype that does not convert or a
+  /// tensor whose byte count does not match its shape is std::invalid_argument listing every
+  /// such key with what was expected and what was found. strict = false ignores unexpected keys
+  /// and keeps the current value of missing ones, and returns both lists (PyTorch's
+  /// missing_keys / unexpected_keys); wrong shapes and dtypes still throw. A call that throws
+  /// changes nothing. The saved statistics of the last forward are not part of the state: a
+  /// backward after a load still refers to the forward before it.
+  LoadResult load_state_dict(const StateDict& dict, const std::string& prefix = "", bool strict = true) {
+    const std::string fn = op("load_state_dict");
+    const auto c = options_.num_features();
+    check_state("load_state_dict");  // the tensors have num_features elements: the commit cannot fail
+    LoadResult result;
+    std::vector<std::string> problems;
+    // name, destination (nullptr: num_batches_tracked), converted values
+    struct Entry {
+      const char* name;
+      Vector* to;
+      std::vector<Scalar> values;
+      std::int64_t count = 0;
+      bool found = false;
+    };
+    std::vector<Entry> entries;
+    if (options_.affine()) {
+      entries.push_back({"weight", &weight_, {}});
+      entries.push_back({"bias", &bias_, {}});
+    }
+    if (options_.track_running_stats()) {
+      entries.push_back({"running_mean", &running_mean_, {}});
+      entries.push_back({"running_var", &running_var_, {}});
+      entries.push_back({"num_batches_tracked", nullptr, {}});
+    }
+    for (Entry& e : entries) {
+      const std::string key = prefix + e.name;
+      const auto it = dict.find(key);
+      const std::string expected =
+          e.to ? "a floating tensor (F64, F32, F16 or BF16) of shape [" + std::to_string(c) + "]" : "I64 of shape []";
+      if (it == dict.end()) {
+        result.missing_keys.push_back(key);
+        if (strict) problems.push_back("missing key \"" + key + "\" (expected " + expected + ")");
+        continue;
+      }
+      const StateTensor& t = it->second;
+      const std::string found = std::string(dtype_name(t.dtype)) + " of shape " + shape_list(t.shape);
+      const std::vector<std::int64_t> want = e.to ? std::vector<std::int64_t>{c} : std::vector<std::int64_t>{};
+      const bool floating =
+          t.dtype == Dtype::F64 || t.dtype == Dtype::F32 || t.dtype == Dtype::F16 || t.dtype == Dtype::BF16;
+      if (t.shape != want || (e.to ? !floating : t.dtype != Dtype::I64)) {
+        problems.push_back("key \"" + key + "\": expected " + expected + ", found " + found);
+        continue;
+      }
+      const std::size_t bytes = static_cast<std::size_t>(t.numel()) * dtype_size(t.dtype);
+      if (t.data.size() != bytes) {
+        problems.push_back("key \"" + key + "\": " + found + " needs " + std::to_string(bytes) + " bytes of data, found " +
+                           std::to_string(t.data.size()));
+        continue;
+      }
+      e.found = true;
+      if (!e.to) {
+        e.count = static_cast<std::int64_t>(detail::load_le<std::uint64_t>(t.data.data()));
+        if (e.count < 0 || e.count == std::numeric_limits<std::int64_t>::max())  // the next forward adds 1
+          problems.push_back("key \"" + key + "\": expected a count from 0 to 2^63 - 2, found " + std::to_string(e.count));
+        continue;
+      }
+      e.values.resize(static_cast<std::size_t>(c));
+      for (std::int64_t i = 0; i < c; ++i) {
+        const double v = t.to_double(i);
+        if (!to_scalar(v, e.values[static_cast<std::size_t>(i)])) {
+          problems.push_back("key \"" + key + "\": element " + std::to_string(i) + " is " + detail::to_string_exact(v) +
+                             ", beyond the range of float");
+          break;
+        }
+      }
+    }
+    for (const auto& kv : dict) {
+      const std::string& key = kv.first;
+      if (key.compare(0, prefix.size(), prefix) != 0) continue;
+      const bool known = std::any_of(entries.begin(), entries.end(), [&](const Entry& e) { return key == prefix + e.name; });
+      if (known) continue;
+      result.unexpected_keys.push_back(key);
+      if (strict) problems.push_back("unexpected key \"" + key + "\"");
+    }
+    if (!problems.empty()) {
+      std::string message = std::to_string(problems.size()) + " problem(s) loading the state";
+      if (!prefix.empty()) message += " under prefix \"" + prefix + "\"";
+      for (const std::string& p : problems) message += "; " + p;
+      detail::throw_invalid(fn, message + "; nothing was changed");
+    }
+    // Commit: nothing below throws.
+    for (Entry& e : entries) {
+      if (!e.found) continue;
+      if (e.to) {
+        std::copy(e.values.begin(), e.values.end(), e.to->data());
+      } else {
+        num_batches_tracked_ = e.count;
+      }
+    }
+    return result;
+  }
+
   /// y = BN(x) into a new tensor of x's shape and storage order. In training mode (or with
   /// track_running_stats off) it normalizes with the batch statistics and, when tracking, updates
   /// the running statistics and num_batches_tracked; in eval mode with tracking it normalizes
@@ -191,7 +323,7 @@ class BatchNorm {
       const double factor = update ? functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1) : 0.0;
       functional::forward_training(x.data(), v, w, b, update ? running_mean_.data() : nullptr,
                                    update ? running_var_.data() : nullptr, factor, options_.eps(), y.data(),
-                                   save_mean_.data(), save_invstd_.data());
+                                   save_mean_.data(), save_invstd_.data(), options_.running_var_unbiased());
       if (update) ++num_batches_tracked_;
     } else {
       functional::inference_stats(v.channels, running_mean_.data(), running_var_.data(), options_.eps(),
@@ -252,6 +384,29 @@ class BatchNorm {
   };
 
   static std::string op(const char* fn) { return std::string(Traits::name) + "::" + fn; }
+
+  /// "[64]", "[]": a shape as state files print it.
+  static std::string shape_list(const std::vector<std::int64_t>& shape) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+  }
+
+  /// v rounded to Scalar (to nearest); false if v is finite and rounds beyond Scalar's range.
+  static bool to_scalar(double v, Scalar& out) noexcept {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      // Beyond 2^128 - 2^103 (float's largest plus half its last step) rounds to Inf.
+      const double limit = std::ldexp(1.0, 128) - std::ldexp(1.0, 103);
+      if (std::isfinite(v) && std::fabs(v) >= limit) return false;
+      // Between float's largest and the limit a value rounds to the largest: clamp first (a
+      // conversion of a double beyond float's range is undefined behaviour).
+      const double largest = static_cast<double>(std::numeric_limits<float>::max());
+      out = static_cast<float>(std::isfinite(v) ? std::clamp(v, -largest, largest) : v);
+    } else {
+      out = v;
+    }
+    return true;
+  }
 
   /// Training calls communicate: a communicator of more than one rank. A group of one takes the
   /// local path (one pass less over the data), whose results are the same.
@@ -352,7 +507,7 @@ class BatchNorm {
       const double factor = functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1);
       functional::update_running_stats(static_cast<functional::Index>(C), save_mean_.data(), save_invstd_.data(),
                                        static_cast<functional::Index>(m), factor, running_mean_.data(),
-                                       running_var_.data());
+                                       running_var_.data(), options_.running_var_unbiased());
       ++num_batches_tracked_;
     }
     for (std::size_t c = 0; c < C; ++c) save_invstd_[c] = functional::invstd_of(save_invstd_[c], options_.eps());

@@ -8,3 +8,4 @@
 #include "functional.hpp"
 #include "isa.hpp"
 #include "options.hpp"
+#include "state.hpp"

@@ -15,6 +15,24 @@ class BatchNormOptions {
  public:
   /* implicit */ BatchNormOptions(std::int64_t num_features) : num_features_(num_features) {}
 
+  /// Named presets: every default of a framework's batch-norm layer, in this library's terms
+  /// (momentum is always the weight of the NEW batch, as PyTorch's). README "Conventions of other
+  /// frameworks" has the table these come from.
+  ///   pytorch: eps 1e-5, momentum 0.1, unbiased running variance (the defaults above);
+  ///   keras:   eps 1e-3, momentum 0.01 (Keras' momentum 0.99 on the old value), biased;
+  ///   onnx:    eps 1e-5, momentum 0.1 (ONNX's momentum 0.9 on the old value), biased;
+  ///   flax:    eps 1e-5, momentum 0.01 (Flax's momentum 0.99 on the old value), biased.
+  static BatchNormOptions pytorch(std::int64_t num_features) { return BatchNormOptions(num_features); }
+  static BatchNormOptions keras(std::int64_t num_features) {
+    return BatchNormOptions(num_features).eps(1e-3).momentum(0.01).running_var_unbiased(false);
+  }
+  static BatchNormOptions onnx(std::int64_t num_features) {
+    return BatchNormOptions(num_features).eps(1e-5).momentum(0.1).running_var_unbiased(false);
+  }
+  static BatchNormOptions flax(std::int64_t num_features) {
+    return BatchNormOptions(num_features).eps(1e-5).momentum(0.01).running_var_unbiased(false);
+  }
+
   /// C, the number of channels.
   BatchNormOptions& num_features(std::int64_t v) { return num_features_ = v, *this; }
   std::int64_t num_features() const noexcept { return num_features_; }
@@ -27,6 +45,12 @@ class BatchNormOptions {
   /// cumulative moving average (factor 1/num_batches_tracked). Default 0.1.
   BatchNormOptions& momentum(std::optional<double> v) { return momentum_ = v, *this; }
   std::optional<double> momentum() const noexcept { return momentum_; }
+
+  /// Which batch variance the running variance averages: the unbiased one, var * m / (m - 1)
+  /// over the m values of a channel (PyTorch, default true), or the biased one, var (Keras/TF,
+  /// Flax, ONNX, MXNet). The batch is always normalized with the biased variance.
+  BatchNormOptions& running_var_unbiased(bool v) { return running_var_unbiased_ = v, *this; }
+  bool running_var_unbiased() const noexcept { return running_var_unbiased_; }
 
   /// Learnable per-channel weight (gamma, init 1) and bias (beta, init 0). Default true.
   BatchNormOptions& affine(bool v) { return affine_ = v, *this; }
@@ -47,6 +71,7 @@ class BatchNormOptions {
   std::int64_t num_features_;
   double eps_ = 1e-5;
   std::optional<double> momentum_ = 0.1;
+  bool running_var_unbiased_ = true;
   bool affine_ = true;
   bool track_running_stats_ = true;
   bool channels_last_ = false;

@@ -1,5 +1,7 @@
 #!/bin/sh
-# Fuzzing batchnorm's module API with libFuzzer (tests/fuzz/fuzz_batch_norm.cpp).
+# Fuzzing batchnorm's module API with libFuzzer (tests/fuzz/fuzz_batch_norm.cpp), and the
+# safetensors reader (tests/fuzz/fuzz_safetensors.cpp: smoke test fuzz.smoke.safetensors; long
+# sessions of it: FUZZER=fuzz_safetensors, seeds corpus_safetensors/, as below).
 #
 #   tests/fuzz/run.sh                 configure build/fuzz with clang++-14, build the fuzz target,
 #                                     run the smoke tests: ctest -L fuzz (fuzz.smoke.sse2/avx2/avx512,
@@ -46,17 +48,23 @@ cmake -S "$root" -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=
   -DBATCHNORM_FUZZ=ON -DBATCHNORM_BUILD_EXAMPLES=OFF \
   -DBATCHNORM_FUZZ_RUNS="${BATCHNORM_FUZZ_RUNS:-6000}" -DBATCHNORM_FUZZ_SECONDS="${BATCHNORM_FUZZ_SECONDS:-300}" > "$build.configure.log" 2>&1 ||
   { tail -20 "$build.configure.log"; exit 1; }
-cmake --build "$build" -j2 --target fuzz_batch_norm > "$build.build.log" 2>&1 ||
+cmake --build "$build" -j2 --target fuzz_batch_norm fuzz_safetensors > "$build.build.log" 2>&1 ||
   { grep -E "error|warning" "$build.build.log" | head -30; exit 1; }
-fuzzer=$build/tests/fuzz/fuzz_batch_norm
+name=${FUZZER:-fuzz_batch_norm}
+case $name in
+  fuzz_batch_norm) seeds=$here/corpus; long=$build/long; max_len=1024 ;;
+  fuzz_safetensors) seeds=$here/corpus_safetensors; long=$build/long_safetensors; max_len=4096 ;;
+  *) echo "run.sh: FUZZER must be fuzz_batch_norm or fuzz_safetensors, got '$name'" >&2; exit 2 ;;
+esac
+fuzzer=$build/tests/fuzz/$name
 
 if [ -z "$hours" ]; then
   exec ctest --test-dir "$build" -L fuzz --output-on-failure
 fi
 
 seconds=$(awk "BEGIN { printf \"%d\", $hours * 3600 }")
-mkdir -p "$build/long/corpus"
-cp -n "$here"/corpus/* "$build/long/corpus/" 2>/dev/null || true
-echo "fuzzing for $hours h ($seconds s), BATCHNORM_ISA=${BATCHNORM_ISA:-<unset>}; crashes go to $build/long/"
-exec "$fuzzer" -fork=1 -ignore_crashes=1 -max_total_time="$seconds" -max_len=1024 -timeout=60 -print_final_stats=1 \
-  -artifact_prefix="$build/long/" "$build/long/corpus"
+mkdir -p "$long/corpus"
+cp -n "$seeds"/* "$long/corpus/" 2>/dev/null || true
+echo "$name: fuzzing for $hours h ($seconds s), BATCHNORM_ISA=${BATCHNORM_ISA:-<unset>}; crashes go to $long/"
+exec "$fuzzer" -fork=1 -ignore_crashes=1 -max_total_time="$seconds" -max_len="$max_len" -timeout=60 -print_final_stats=1 \
+  -artifact_prefix="$long/" "$long/corpus"

@@ -114,7 +114,8 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
 ///   invstd_c = 1 / sqrt(var_c + eps)
 ///   y = (x - mean_c) * invstd_c * weight_c + bias_c           (as in normalize)
 /// and, when running_mean and running_var are given, the running update with factor f
-/// (momentum_factor): running = (1 - f) * running + f * batch, with the unbiased var_c * m / (m - 1).
+/// (momentum_factor): running = (1 - f) * running + f * batch, with the unbiased var_c * m / (m - 1)
+/// (running_var_unbiased, PyTorch) or the biased var_c (Keras, Flax, ONNX; update_running_stats).
 /// save_mean and save_invstd (accum_t<T>, C values each) receive mean_c and invstd_c for
 /// backward_training. Each channel is normalized right after its statistics are taken, while
 /// its values are still in cache.
@@ -124,7 +125,8 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
 /// nothing. weight/bias nullptr: affine off. y may equal x.
 template <class T>
 void forward_training(const T* x, View v, const T* weight, const T* bias, T* running_mean, T* running_var,
-                      double factor, double eps, T* y, accum_t<T>* save_mean, accum_t<T>* save_invstd) {
+                      double factor, double eps, T* y, accum_t<T>* save_mean, accum_t<T>* save_invstd,
+                      bool running_var_unbiased = true) {
   using A = accum_t<T>;
   constexpr const char* op = "batchnorm::functional::forward_training";
   detail_forward::check_common(op, v, x, y, eps);
@@ -151,7 +153,7 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
       const A count = static_cast<A>(m);
       for (Index c = c0; c < c0 + nc; ++c) save_invstd[c] /= count;  // var = M2 / m
       if (running_mean) {
-        const detail_running::Update<A> update(m, static_cast<A>(factor));
+        const detail_running::Update<A> update(m, static_cast<A>(factor), running_var_unbiased);
         for (Index c = c0; c < c0 + nc; ++c) update(save_mean[c], save_invstd[c], running_mean[c], running_var[c]);
       }
       kernels.run_invstd(save_invstd + c0, nc, eps, save_invstd + c0);

@@ -45,13 +45,14 @@ T blend(T old, A batch, A f) noexcept {
   return saturate<T>((1 - f) * static_cast<A>(old) + f * batch);
 }
 
-/// The update of update_running_stats for batches of `count` values a channel (count >= 2, f in
-/// [0, 1] checked by the caller), its Bessel factor count / (count - 1) taken once;
-/// operator() updates one channel.
+/// The update of update_running_stats for batches of `count` values a channel (f in [0, 1] and
+/// count >= 2 when unbiased, checked by the caller), its Bessel factor count / (count - 1) (1 for
+/// the biased variance) taken once; operator() updates one channel.
 template <class A>
 struct Update {
   A f, bessel;
-  Update(Index count, A f_) noexcept : f(f_), bessel(static_cast<A>(count) / static_cast<A>(count - 1)) {}
+  Update(Index count, A f_, bool unbiased) noexcept
+      : f(f_), bessel(unbiased ? static_cast<A>(count) / static_cast<A>(count - 1) : A(1)) {}
   template <class T>
   void operator()(A mean, A var, T& running_mean, T& running_var) const noexcept {
     running_mean = blend(running_mean, mean, f);
@@ -62,24 +63,28 @@ struct Update {
 
 /// Running-statistics update from the batch statistics of `count` values a channel, per channel:
 ///   running_mean = (1 - f) * running_mean + f * mean
-///   running_var  = (1 - f) * running_var  + f * var * count / (count - 1)
-/// var is the biased batch variance (batch_stats); running_var gets the unbiased one (Bessel's
-/// correction). Evaluated in accum_t<T>, rounded once to T; a value beyond T's range becomes
-/// +-inf (never NaN: f == 0 keeps the old value, f == 1 takes the batch's). count == 0 (an empty batch) changes
-/// nothing, as PyTorch. Throws std::invalid_argument if count == 1 (no unbiased variance), if
-/// count < 0, or if f is outside [0, 1]; nothing is changed then.
+///   running_var  = (1 - f) * running_var  + f * var * count / (count - 1)   (unbiased, PyTorch)
+///   running_var  = (1 - f) * running_var  + f * var                         (biased: Keras, Flax, ONNX)
+/// var is the biased batch variance (batch_stats); `unbiased` picks what running_var averages
+/// (BatchNormOptions::running_var_unbiased). Evaluated in accum_t<T>, rounded once to T; a value
+/// beyond T's range becomes +-inf (never NaN: f == 0 keeps the old value, f == 1 takes the
+/// batch's). count == 0 (an empty batch) changes nothing, as PyTorch. Throws
+/// std::invalid_argument if count < 0, if count == 1 with `unbiased` (no unbiased variance of
+/// one value), or if f is outside [0, 1]; nothing is changed then.
 template <class T>
 void update_running_stats(Index channels, const accum_t<T>* mean, const accum_t<T>* var, Index count, double factor,
-                          T* running_mean, T* running_var) {
+                          T* running_mean, T* running_var, bool unbiased = true) {
   using A = accum_t<T>;
   constexpr const char* op = "batchnorm::functional::update_running_stats";
   if (!(factor >= 0 && factor <= 1))
     batchnorm::detail::throw_invalid(op, "factor must be in [0, 1], got " + batchnorm::detail::to_string_exact(factor));
-  if (count < 0 || count == 1)
-    batchnorm::detail::throw_invalid(op, "expected more than 1 value per channel (or none), got " +
+  if (count < 0 || (unbiased && count == 1))
+    batchnorm::detail::throw_invalid(op, std::string(unbiased ? "expected more than 1 value per channel (or none) for "
+                                                                "the unbiased variance, got "
+                                                              : "expected a count of at least 0, got ") +
                                              std::to_string(count));
   if (count == 0) return;
-  const detail_running::Update<A> update(count, static_cast<A>(factor));
+  const detail_running::Update<A> update(count, static_cast<A>(factor), unbiased);
   for (Index c = 0; c < channels; ++c) update(mean[c], var[c], running_mean[c], running_var[c]);
 }
 

@@ -5,7 +5,13 @@
 //   -std=c++17 -Wall -Wextra -Wconversion -Wsign-conversion -Wshadow -Werror
 // at -O1/-O2/-O3, with and without -march=native, with each compiler found; Eigen comes in
 // with -isystem, batchnorm with -I, as for a user. Nothing here may silence a warning.
+// The state API (presets, state_dict, load_state_dict) always; the safetensors reader and
+// writer when nlohmann/json is on the include path.
 #include <batchnorm/batchnorm.hpp>
+#if __has_include(<nlohmann/json.hpp>)
+#include <batchnorm/io/safetensors.hpp>
+#define BATCHNORM_CONSUMER_IO 1
+#endif
 
 #include <cstddef>
 #include <vector>
@@ -83,6 +89,20 @@ void functional_api() {
   F::backward_inference(x.data(), dy.data(), v, mean.data(), invstd.data(), w.data(), dx.data(), dw.data(), db.data());
 }
 
+template <class T>
+void state_api() {
+  batchnorm::BatchNorm2d<T> a(batchnorm::BatchNormOptions::keras(3)), b(batchnorm::BatchNormOptions::flax(3));
+  const batchnorm::StateDict d = a.state_dict("bn.");
+  const batchnorm::LoadResult r = b.load_state_dict(d, "bn.", false);
+  (void)r;
+#ifdef BATCHNORM_CONSUMER_IO
+  const std::vector<unsigned char> bytes = batchnorm::io::serialize_safetensors(d, {{"k", "v"}});
+  b.load_state_dict(batchnorm::io::parse_safetensors(bytes.data(), bytes.size()).tensors, "bn.");
+  batchnorm::io::write_safetensors("consumer.safetensors", d);
+  b.load_state_dict(batchnorm::io::read_safetensors("consumer.safetensors").tensors, "bn.");
+#endif
+}
+
 }  // namespace
 
 // Called from nowhere: the object file is the product. extern, so the optimizer keeps it all.
@@ -93,4 +113,6 @@ void batchnorm_consumer_instantiate_all() {
   modules<double, Eigen::ColMajor>();
   functional_api<float>();
   functional_api<double>();
+  state_api<float>();
+  state_api<double>();
 }
