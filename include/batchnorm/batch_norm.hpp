@@ -4,7 +4,6 @@
 #include "config.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -237,9 +236,7 @@ class BatchNorm {
       const StateTensor& t = it->second;
       const std::string found = std::string(dtype_name(t.dtype)) + " of shape " + shape_list(t.shape);
       const std::vector<std::int64_t> want = e.to ? std::vector<std::int64_t>{c} : std::vector<std::int64_t>{};
-      const bool floating =
-          t.dtype == Dtype::F64 || t.dtype == Dtype::F32 || t.dtype == Dtype::F16 || t.dtype == Dtype::BF16;
-      if (t.shape != want || (e.to ? !floating : t.dtype != Dtype::I64)) {
+      if (t.shape != want || (e.to ? !is_loadable_floating(t.dtype) : t.dtype != Dtype::I64)) {
         problems.push_back("key \"" + key + "\": expected " + expected + ", found " + found);
         continue;
       }
@@ -258,10 +255,9 @@ class BatchNorm {
       }
       e.values.resize(static_cast<std::size_t>(c));
       for (std::int64_t i = 0; i < c; ++i) {
-        const double v = t.to_double(i);
-        if (!to_scalar(v, e.values[static_cast<std::size_t>(i)])) {
-          problems.push_back("key \"" + key + "\": element " + std::to_string(i) + " is " + detail::to_string_exact(v) +
-                             ", beyond the range of float");
+        if (!t.to_scalar(i, e.values[static_cast<std::size_t>(i)])) {
+          problems.push_back("key \"" + key + "\": element " + std::to_string(i) + " is " +
+                             detail::to_string_exact(t.to_double(i)) + ", beyond the range of float");
           break;
         }
       }
@@ -269,7 +265,8 @@ class BatchNorm {
     for (const auto& kv : dict) {
       const std::string& key = kv.first;
       if (key.compare(0, prefix.size(), prefix) != 0) continue;
-      const bool known = std::any_of(entries.begin(), entries.end(), [&](const Entry& e) { return key == prefix + e.name; });
+      const bool known = std::any_of(entries.begin(), entries.end(),
+                                     [&](const Entry& e) { return key.compare(prefix.size(), std::string::npos, e.name) == 0; });
       if (known) continue;
       result.unexpected_keys.push_back(key);
       if (strict) problems.push_back("unexpected key \"" + key + "\"");
@@ -384,29 +381,6 @@ class BatchNorm {
   };
 
   static std::string op(const char* fn) { return std::string(Traits::name) + "::" + fn; }
-
-  /// "[64]", "[]": a shape as state files print it.
-  static std::string shape_list(const std::vector<std::int64_t>& shape) {
-    std::string s = "[";
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-  }
-
-  /// v rounded to Scalar (to nearest); false if v is finite and rounds beyond Scalar's range.
-  static bool to_scalar(double v, Scalar& out) noexcept {
-    if constexpr (std::is_same_v<Scalar, float>) {
-      // Beyond 2^128 - 2^103 (float's largest plus half its last step) rounds to Inf.
-      const double limit = std::ldexp(1.0, 128) - std::ldexp(1.0, 103);
-      if (std::isfinite(v) && std::fabs(v) >= limit) return false;
-      // Between float's largest and the limit a value rounds to the largest: clamp first (a
-      // conversion of a double beyond float's range is undefined behaviour).
-      const double largest = static_cast<double>(std::numeric_limits<float>::max());
-      out = static_cast<float>(std::isfinite(v) ? std::clamp(v, -largest, largest) : v);
-    } else {
-      out = v;
-    }
-    return true;
-  }
 
   /// Training calls communicate: a communicator of more than one rank. A group of one takes the
   /// local path (one pass less over the data), whose results are the same.

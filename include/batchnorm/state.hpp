@@ -3,6 +3,7 @@
 
 #include "config.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -56,6 +57,18 @@ constexpr const char* dtype_name(Dtype t) noexcept {
   return "?";
 }
 
+/// True for the dtypes the modules load into their parameters and statistics: F64, F32, F16, BF16.
+constexpr bool is_loadable_floating(Dtype t) noexcept {
+  return t == Dtype::F64 || t == Dtype::F32 || t == Dtype::F16 || t == Dtype::BF16;
+}
+
+/// "[64]", "[]": a shape as state files and their messages print it.
+inline std::string shape_list(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
 /// The Dtype named `name` (exact spelling of dtype_name), or nullopt.
 inline std::optional<Dtype> dtype_from_name(std::string_view name) noexcept {
   for (int i = 0; i <= static_cast<int>(Dtype::F64); ++i)
@@ -97,6 +110,11 @@ struct StateTensor {
   /// Element i as a double, for the floating dtypes (F64, F32, F16, BF16: exact) and the
   /// integer ones (exact up to 2^53); std::invalid_argument for BOOL and the 8-bit floats.
   double to_double(std::int64_t i) const;
+
+  /// Element i of a loadable floating dtype rounded to T (float or double, to nearest) into
+  /// out; false, out unchanged, if it is finite and rounds beyond T's range.
+  template <class T>
+  bool to_scalar(std::int64_t i, T& out) const;
 };
 
 /// Named tensors, as PyTorch's state_dict: "layer1.0.bn1.running_var" -> tensor.
@@ -203,6 +221,23 @@ inline double StateTensor::to_double(std::int64_t i) const {
     default: break;
   }
   throw std::invalid_argument(std::string("batchnorm::StateTensor::to_double: no conversion from ") + dtype_name(dtype));
+}
+
+template <class T>
+bool StateTensor::to_scalar(std::int64_t i, T& out) const {
+  const double v = to_double(i);
+  if constexpr (std::is_same_v<T, float>) {
+    // Beyond 2^128 - 2^103 (float's largest plus half its last step) rounds to Inf. Between
+    // float's largest and that, a value rounds to the largest: clamp first (converting a double
+    // beyond float's range is undefined behaviour).
+    const double limit = std::ldexp(1.0, 128) - std::ldexp(1.0, 103);
+    if (std::isfinite(v) && std::fabs(v) >= limit) return false;
+    const double largest = static_cast<double>(std::numeric_limits<float>::max());
+    out = static_cast<float>(std::isfinite(v) ? std::clamp(v, -largest, largest) : v);
+  } else {
+    out = static_cast<T>(v);
+  }
+  return true;
 }
 
 BATCHNORM_END_NAMESPACE

@@ -156,15 +156,16 @@ inline Safetensors parse_safetensors(const unsigned char* bytes, std::size_t siz
     if (!shape_it->is_array()) fail(source, what + ": shape must be an array, got " + detail_safetensors::excerpt(*shape_it));
     StateTensor t;
     t.dtype = *dtype;
-    std::uint64_t numel = 1;
     for (const auto& d : *shape_it) {
       const std::uint64_t extent = detail_safetensors::unsigned_of(d, source, what + ": a shape entry");
       if (extent > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
         fail(source, what + ": shape entry " + std::to_string(extent) + " is too large");
-      numel = detail_safetensors::checked_mul(numel, extent, source, what + ": the element count");
       t.shape.push_back(static_cast<std::int64_t>(extent));
     }
-    const std::uint64_t nbytes = detail_safetensors::checked_mul(numel, dtype_size(*dtype), source, what + ": the byte count");
+    const std::int64_t numel = t.numel();  // the count StateDict users see, 0 if any extent is
+    if (numel < 0) fail(source, what + ": the element count overflows 64 bits");
+    const std::uint64_t nbytes = detail_safetensors::checked_mul(static_cast<std::uint64_t>(numel), dtype_size(*dtype), source,
+                                                                 what + ": the byte count");
     if (!offsets_it->is_array() || offsets_it->size() != 2)
       fail(source, what + ": data_offsets must be [begin, end], got " + detail_safetensors::excerpt(*offsets_it));
     const std::uint64_t begin = detail_safetensors::unsigned_of((*offsets_it)[0], source, what + ": data_offsets begin");
