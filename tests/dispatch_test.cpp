@@ -573,6 +573,81 @@ TEST_CASE("a large bias brings a float product beyond float's range back: y is f
   }
 }
 
+TEST_CASE("a product beyond float's range that the remainder mean - head brings back: the exact path",
+          "[dispatch][range]") {
+  // head = float(1e11), mean = head + 4000 (its remainder folds into r), ulp(head) = 8192. At
+  // x = head + ulp, (x - head) * 5e34 = 4.1e38 overflows float while (x - mean) * 5e34 = 2.1e38
+  // does not: the channel is marked exact by the float constant r = -tail * 5e34 = -2e38, and y
+  // and dx are finite. Channel 1 of C (every other channel common), as (N, C) (lane constants, a
+  // vector of channels at a time) and (1, C, N) (row path); N > kExactDxCount: float dx in T.
+  using A = double;
+  const double head = static_cast<double>(1e11f), mean_c = head + 4000, ulp = 8192, scale = 5e34;
+  const F::Index N = D::kExactDxCount + 1, C = 9;
+  const float w = static_cast<float>(scale);
+  const auto cf = F::detail_forward::normalize_coef<float>(mean_c, 1.0, &w, nullptr, 0);
+  REQUIRE(cf.exact);
+  std::vector<A> mean(C, 0.5), invstd(C, 1.0), sum_dy(C, 0.0), sum_dy_d(C, 0.0);
+  std::vector<float> weight(C, 1.0f);
+  mean[1] = mean_c, weight[1] = w;
+  sum_dy_d[1] = -static_cast<A>(2 * N);  // q = -kc * invstd^2 * sum_dy_d / m = scale (m = 2N)
+  const F::detail_backward::DxCoef<float> dx_coef(mean.data(), invstd.data(), weight.data(), sum_dy.data(), sum_dy_d.data(), A(2 * N));
+  REQUIRE(dx_coef(1).exact);
+  std::vector<float> x(static_cast<std::size_t>(N * C)), dy(x.size());
+  for (F::Index n = 0; n < N; ++n)
+    for (F::Index c = 0; c < C; ++c) {
+      const auto k = static_cast<std::size_t>(n * C + c);
+      x[k] = c == 1 ? static_cast<float>(head + (n % 2 ? ulp : 0.0)) : 0.25f * static_cast<float>(n - c);
+      dy[k] = 0.5f - 0.125f * static_cast<float>(n);
+    }
+  std::vector<float> xt(x.size()), dyt(x.size());
+  for (F::Index n = 0; n < N; ++n)
+    for (F::Index c = 0; c < C; ++c) {
+      xt[static_cast<std::size_t>(c * N + n)] = x[static_cast<std::size_t>(n * C + c)];
+      dyt[static_cast<std::size_t>(c * N + n)] = dy[static_cast<std::size_t>(n * C + c)];
+    }
+  for (const bool lanes : {true, false}) {
+    INFO((lanes ? "(N, C): lane constants" : "(1, C, N): row path"));
+    const View v = lanes ? View{N, C, 1} : View{1, C, N};
+    const std::vector<float>& xs = lanes ? x : xt;
+    const std::vector<float>& dys = lanes ? dy : dyt;
+    std::vector<float> y(x.size()), dx(x.size());
+    static std::atomic<long> built;
+    built = 0;
+    D::affine_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
+    D::dx_lanes_observer = [](F::Index channels) { built += static_cast<long>(channels); };
+    F::normalize(xs.data(), v, mean.data(), invstd.data(), weight.data(), static_cast<const float*>(nullptr), y.data());
+    F::backward_dx(xs.data(), dys.data(), v, mean.data(), invstd.data(), weight.data(), 2 * N, sum_dy.data(),
+                   sum_dy_d.data(), dx.data());
+    D::affine_lanes_observer = nullptr, D::dx_lanes_observer = nullptr;
+    if (lanes) CHECK(built == 2 * C);  // both passes built their constants a vector of channels at a time
+    for (F::Index n = 0; n < N; ++n) {
+      INFO("n " << n);
+      const auto k = static_cast<std::size_t>(lanes ? n * C + 1 : N + n);
+      const double d = (static_cast<double>(xs[k]) - mean_c) * scale;
+      REQUIRE(std::isfinite(y[k]));
+      REQUIRE(std::isfinite(dx[k]));
+      CHECK(rel_err(y[k], d) <= kFloatTrainTol);
+      CHECK(rel_err(dx[k], static_cast<double>(dys[k]) * scale + d) <= kFloatTrainTol);
+    }
+  }
+  // The module, training forward of such a channel (4 values, 3 of them one ulp above the
+  // fourth): the batch mean's remainder brings (x - head) * p back. Every ISA copy runs it.
+  batchnorm::BatchNorm1d<float> bn{batchnorm::BatchNormOptions(C)};
+  bn.weight()(1) = -3.4e38f;
+  Eigen::Tensor<float, 2, Eigen::RowMajor> xm(4, C);
+  xm.setConstant(1.0f);
+  const float lo = 9.9999998e10f, hi = std::nextafter(std::nextafter(lo, 1e20f), 1e20f);
+  xm(0, 1) = lo, xm(1, 1) = hi, xm(2, 1) = hi, xm(3, 1) = hi;
+  const Eigen::Tensor<float, 2, Eigen::RowMajor> ym = bn.forward(xm);
+  const long double m = (static_cast<long double>(lo) + 3.0L * hi) / 4;
+  const long double is = 1 / std::sqrt(((lo - m) * (lo - m) + 3 * (hi - m) * (hi - m)) / 4 + 1e-5L);
+  for (F::Index n = 1; n < 4; ++n) {  // n = 0: -sqrt(3) * weight, beyond float's range
+    INFO("n " << n);
+    CHECK(rel_err(ym(n, 1), static_cast<double>((hi - m) * is * static_cast<long double>(bn.weight()(1)))) <=
+          kFloatTrainTol);
+  }
+}
+
 TEST_CASE("eval-mode backward in place: gradient sums taken again in double read the original dy",
           "[dispatch][range]") {
   // An Inf among x makes the float gradient sums of its channel non-finite, so they are taken

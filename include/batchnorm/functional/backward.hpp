@@ -56,8 +56,9 @@ struct DxCoef : batchnorm::detail::DxInputs<T, accum_t<T>> {
     auto cf = centre_coef<T>(mean[c]);
     cf.p = static_cast<T>(kc);
     cf.q = static_cast<T>(q);
-    cf.r = static_cast<T>(r - (mean[c] - static_cast<A>(cf.head)) * q);
-    if (batchnorm::detail::needs_exact<T>(mean[c], invstd[c], kc, q, r))
+    const A r_head = r - (mean[c] - static_cast<A>(cf.head)) * q;
+    cf.r = static_cast<T>(r_head);
+    if (batchnorm::detail::needs_exact<T>(mean[c], invstd[c], kc, q, r_head))
       cf.exact = true, cf.em = mean[c], cf.ep = kc, cf.eq = q, cf.er = r;
     return cf;
   }

@@ -42,8 +42,9 @@ BATCHNORM_ALWAYS_INLINE batchnorm::detail::Coef<T> normalize_coef(accum_t<T> mea
   cf.head = static_cast<T>(mean);
   cf.p = static_cast<T>(scale);
   const A b = bias ? static_cast<A>(bias[c]) : A(0);
-  cf.r = static_cast<T>(b - (mean - static_cast<A>(cf.head)) * scale);
-  if (batchnorm::detail::needs_exact<T>(mean, invstd, scale, 0, b))
+  const A r = b - (mean - static_cast<A>(cf.head)) * scale;
+  cf.r = static_cast<T>(r);
+  if (batchnorm::detail::needs_exact<T>(mean, invstd, scale, 0, r))
     cf.exact = true, cf.em = mean, cf.eq = scale, cf.er = b;  // y = (x - mean) * scale + bias in double
   return cf;
 }

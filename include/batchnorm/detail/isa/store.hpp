@@ -306,11 +306,12 @@ void affine_lanes(const AffineInputs<T, M>& in, const Scalar& scalar, Index t0, 
     const avec b = in.bias ? V::template load<tvec>(in.bias + c, w) : zero;
     const tvec head = __builtin_convertvector(mean, tvec);
     const tvec p = __builtin_convertvector(scale, tvec);
-    const tvec r = __builtin_convertvector(b - (mean - __builtin_convertvector(head, avec)) * scale, tvec);
+    const avec ra = b - (mean - __builtin_convertvector(head, avec)) * scale;
+    const tvec r = __builtin_convertvector(ra, tvec);
     bool common = true;
     if constexpr (sizeof(T) < sizeof(A)) {  // needs_exact's common range, lane by lane
       const avec product = zero + kExactProduct, offset = zero + kExactOffset, magnitude = zero + kExactMagnitude;
-      common = V::all_of((scale <= product) & (scale >= -product) & (b <= offset) & (b >= -offset) &
+      common = V::all_of((scale <= product) & (scale >= -product) & (ra <= offset) & (ra >= -offset) &
                              (mean <= magnitude) & (mean >= -magnitude) & (invstd * magnitude >= one),
                          w);
     }
@@ -351,17 +352,19 @@ void dx_lanes(const DxInputs<T, accum_t<T>>& in, const Scalar& scalar, Index t0,
     const avec r = -kc * (V::template load<avec>(in.sum_dy + c, w) / m);
     const tvec head = __builtin_convertvector(mean, tvec);
     const avec tail = mean - __builtin_convertvector(head, avec);
+    const avec r_head = r - tail * q;
     bool common = true;
     if constexpr (sizeof(T) < sizeof(A)) {  // needs_exact's common range, lane by lane
       const avec product = zero + kExactProduct, offset = zero + kExactOffset, magnitude = zero + kExactMagnitude;
-      common = V::all_of((kc <= product) & (kc >= -product) & (q <= product) & (q >= -product) & (r <= offset) &
-                             (r >= -offset) & (mean <= magnitude) & (mean >= -magnitude) & (invstd * magnitude >= one),
+      common = V::all_of((kc <= product) & (kc >= -product) & (q <= product) & (q >= -product) &
+                             (r_head <= offset) & (r_head >= -offset) & (mean <= magnitude) & (mean >= -magnitude) &
+                             (invstd * magnitude >= one),
                          w);
     }
     if (common) {
       V::store(k[0] + j, head, w), V::store(k[1] + j, __builtin_convertvector(tail, tvec), w);
       V::store(k[2] + j, __builtin_convertvector(kc, tvec), w), V::store(k[3] + j, __builtin_convertvector(q, tvec), w);
-      V::store(k[4] + j, __builtin_convertvector(r - tail * q, tvec), w);
+      V::store(k[4] + j, __builtin_convertvector(r_head, tvec), w);
       continue;
     }
     for (Index l = j; l < j + w; ++l) {
