@@ -61,7 +61,9 @@ constexpr bool check_rank() noexcept {
 /// Owns the parameters (weight, bias), the running statistics, their gradients and the
 /// statistics of the last forward: O(C) memory, nothing input-sized. backward takes the input
 /// of the last forward explicitly. Every call checks its arguments first and, when it throws,
-/// changes nothing (strong guarantee). The module is not thread-safe; use one per thread.
+/// changes nothing (strong guarantee). The module is not thread-safe (use one per thread), except
+/// for its const members: infer() may run on many threads at once while nobody calls a non-const
+/// member.
 ///
 /// Synchronized batch norm (PyTorch's SyncBatchNorm): built with a Communicator, the module
 /// takes its training statistics over the samples of every rank of the communicator's group
@@ -330,6 +332,34 @@ class BatchNorm {
     saved_ = Saved{true, batch_stats, detail::Shape::of(x), detail::is_row_major_v<X>, false, v.count()};
   }
 
+  /// Inference that changes nothing: y = BN(x) with the running statistics, whatever the mode,
+  /// as forward(x, y) in eval mode gives it, but const: it records nothing for a backward, so
+  /// several threads may call it at once on one module (while nobody calls a non-const member).
+  /// Allocates nothing; y may be x. std::logic_error with track_running_stats off (no running
+  /// statistics: eval normalizes with the batch's, which is forward()).
+  template <class X, class Y>
+  void infer(const X& x, Y&& y) const {
+    check_input_type<X>();
+    check_output_type<X, Y>();
+    if (!options_.track_running_stats())
+      detail::throw_logic(op("infer"), "no running statistics (track_running_stats is off); use forward()");
+    const functional::View v = check_forward(x, y, "infer");
+    functional::forward_inference(x.data(), v, running_mean_.data(), running_var_.data(),
+                                  options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr,
+                                  options_.eps(), y.data());
+  }
+
+  /// As infer(x, y), into a new tensor of x's shape and storage order.
+  template <class X>
+  Eigen::Tensor<Scalar, detail::tensor_rank_v<X>, detail::is_row_major_v<X> ? Eigen::RowMajor : Eigen::ColMajor>
+  infer(const X& x) const {
+    check_input_type<X>();
+    Eigen::Tensor<Scalar, detail::tensor_rank_v<X>, detail::is_row_major_v<X> ? Eigen::RowMajor : Eigen::ColMajor> y(
+        x.dimensions());
+    infer(x, y);
+    return y;
+  }
+
   /// dx = d loss / d x for the last forward, given its input x and dy = d loss / d y, into a new
   /// tensor; weight_grad() and bias_grad() receive d loss / d weight and d loss / d bias. The
   /// statistics are those the last forward normalized with: batch statistics after a training
@@ -386,16 +416,16 @@ class BatchNorm {
   /// local path (one pass less over the data), whose results are the same.
   bool synchronizing() const { return comm_ && comm_->size() > 1; }
 
-  /// The checks of forward(x, y); returns x's view.
+  /// The checks of forward(x, y) (or of fn(x, y)); returns x's view.
   template <class X, class Y>
-  functional::View check_forward(const X& x, const Y& y) const {
+  functional::View check_forward(const X& x, const Y& y, const char* fn = "forward") const {
     (void)active_isa();  // BATCHNORM_ISA is read (and may throw) before anything changes
     const detail::Shape shape = detail::Shape::of(x);
-    check_shape("forward", shape);
+    check_shape(fn, shape);
     if (detail::Shape::of(y) != shape)
-      detail::throw_invalid(op("forward"), "expected output y of shape " + detail::shape_string(shape) + ", got " +
-                                              detail::shape_string(detail::Shape::of(y)));
-    check_state("forward");
+      detail::throw_invalid(op(fn), "expected output y of shape " + detail::shape_string(shape) + ", got " +
+                                        detail::shape_string(detail::Shape::of(y)));
+    check_state(fn);
     return detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
   }
 

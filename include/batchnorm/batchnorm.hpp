@@ -5,6 +5,7 @@
 #include "batch_norm.hpp"
 #include "communicator.hpp"
 #include "config.hpp"
+#include "fold.hpp"
 #include "functional.hpp"
 #include "isa.hpp"
 #include "options.hpp"

@@ -223,9 +223,12 @@ inline double StateTensor::to_double(std::int64_t i) const {
   throw std::invalid_argument(std::string("batchnorm::StateTensor::to_double: no conversion from ") + dtype_name(dtype));
 }
 
+namespace detail {
+
+/// v rounded to T (float or double, to nearest) into out; false, out unchanged, if v is finite
+/// and rounds beyond T's range.
 template <class T>
-bool StateTensor::to_scalar(std::int64_t i, T& out) const {
-  const double v = to_double(i);
+bool round_to(double v, T& out) noexcept {
   if constexpr (std::is_same_v<T, float>) {
     // Beyond 2^128 - 2^103 (float's largest plus half its last step) rounds to Inf. Between
     // float's largest and that, a value rounds to the largest: clamp first (converting a double
@@ -235,9 +238,17 @@ bool StateTensor::to_scalar(std::int64_t i, T& out) const {
     const double largest = static_cast<double>(std::numeric_limits<float>::max());
     out = static_cast<float>(std::isfinite(v) ? std::clamp(v, -largest, largest) : v);
   } else {
-    out = static_cast<T>(v);
+    static_assert(std::is_same_v<T, double>, "round_to: float or double");
+    out = v;
   }
   return true;
+}
+
+}  // namespace detail
+
+template <class T>
+bool StateTensor::to_scalar(std::int64_t i, T& out) const {
+  return detail::round_to(to_double(i), out);
 }
 
 BATCHNORM_END_NAMESPACE

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace batchnorm_test {
 
@@ -23,6 +24,16 @@ inline constexpr double kGradCheckTol = 1e-6;
 template <class T>
 constexpr double naive_tol() {
   return sizeof(T) == sizeof(float) ? 1e-5 : 1e-11;
+}
+
+/// A folded layer (batchnorm/fold.hpp) against the layer and the batch norm evaluated apart, both
+/// in double from the same values: relative to 1 + the magnitude of the result (the sum of the
+/// |terms| of its sum). The folded weights and bias are each rounded once to T (at most 4 roundings
+/// reach one term through the weight, the bias and the batch norm's own constants), and each of
+/// the two sums of `terms` terms adds up to `terms` roundings of double.
+template <class T>
+constexpr double fold_tol(double terms) {
+  return 4 * std::numeric_limits<T>::epsilon() + terms * std::numeric_limits<double>::epsilon();
 }
 
 /// |got - ref| / (1 + |ref|): the measure every tolerance above bounds.

@@ -6,7 +6,7 @@
 // at -O1/-O2/-O3, with and without -march=native, with each compiler found; Eigen comes in
 // with -isystem, batchnorm with -I, as for a user. Nothing here may silence a warning.
 // The state API (presets, state_dict, load_state_dict) always; the safetensors reader and
-// writer when nlohmann/json is on the include path.
+// writer when nlohmann/json is on the include path; infer and the folds (fold.hpp).
 #include <batchnorm/batchnorm.hpp>
 #if __has_include(<nlohmann/json.hpp>)
 #include <batchnorm/io/safetensors.hpp>
@@ -103,6 +103,32 @@ void state_api() {
 #endif
 }
 
+/// Inference: infer on the const module, and every fold, from float and double layers.
+template <class T, int Layout>
+void deployment_api() {
+  batchnorm::BatchNorm2d<T> bn(3);
+  bn.eval();
+  Eigen::Tensor<T, 4, Layout> x(2, 3, 4, 5), y(2, 3, 4, 5);
+  x.setRandom();
+  const batchnorm::BatchNorm2d<T>& shared = bn;
+  shared.infer(x, y);
+  y = shared.infer(x);
+  Eigen::Tensor<float, 4, Layout> conv(3, 2, 3, 3);
+  Eigen::Tensor<double, 4, Layout> conv_t(4, 3, 3, 3), following(5, 3, 1, 1);
+  Eigen::Tensor<float, 1, Layout> bias(3);
+  conv.setRandom(), conv_t.setRandom(), following.setRandom(), bias.setRandom();
+  const auto a = batchnorm::fold_into_preceding(bn, conv, &bias);
+  const auto b = batchnorm::fold_into_preceding_transposed(bn, conv_t, nullptr, 1);
+  const auto c = batchnorm::fold_into_following(bn, following, nullptr, {0, 0});
+  batchnorm::BatchNorm1d<T> bn1(3);
+  bn1.eval();
+  Eigen::Tensor<double, 2, Layout> linear(4, 3);
+  linear.setRandom();
+  const auto d = batchnorm::fold_into_following(bn1, linear, nullptr, {});
+  const batchnorm::ChannelAffine e = batchnorm::channel_affine(bn1);
+  (void)a, (void)b, (void)c, (void)d, (void)e;
+}
+
 }  // namespace
 
 // Called from nowhere: the object file is the product. extern, so the optimizer keeps it all.
@@ -115,4 +141,6 @@ void batchnorm_consumer_instantiate_all() {
   functional_api<double>();
   state_api<float>();
   state_api<double>();
+  deployment_api<float, Eigen::RowMajor>();
+  deployment_api<double, Eigen::ColMajor>();
 }
