@@ -565,5 +565,15 @@ TEMPLATE_TEST_CASE("forward(x, y) and backward(x, dy, dx) allocate nothing", "[m
   batchnorm::SingleProcess single;
   BatchNorm2d<T> s(BatchNormOptions(16), single);
   run(s, x2);
+  // The fused activation: ReLU (its backward recomputes the decision into dx) and add-ReLU.
+  BatchNorm2d<T> r(BatchNormOptions(48).channels_last(true).activation(batchnorm::Activation::relu));
+  run(r, xl);
+  BatchNorm2d<T> ar(BatchNormOptions(16));
+  auto y = x2, dx = x2, dr = x2;
+  for (const bool training : {true, false}) {
+    ar.train(training);
+    CHECK(allocations_in([&] { ar.forward_add_relu(x2, x2, y); }) == 0);
+    CHECK(allocations_in([&] { ar.backward_add_relu(x2, x2, x2, dx, dr); }) == 0);
+  }
 }
 #endif  // !__SANITIZE_ADDRESS__

@@ -343,9 +343,11 @@ TEST_CASE("fold: what it refuses", "[fold][errors]") {
   using batchnorm_test::expect_throw;
   std::mt19937 rng(8);
   auto bn = random_bn<float, 2>(4, rng);
-  const Eigen::Tensor<float, 4, Eigen::RowMajor> w(4, 2, 3, 3), w5(5, 2, 3, 3);
-  const Eigen::Tensor<float, 2, Eigen::RowMajor> linear(3, 4);
-  const Eigen::Tensor<float, 1, Eigen::RowMajor> b3(3);
+  // Filled: the overflow case below needs a non-zero weight, and memcheck reads every value.
+  Eigen::Tensor<float, 4, Eigen::RowMajor> w(4, 2, 3, 3), w5(5, 2, 3, 3);
+  Eigen::Tensor<float, 2, Eigen::RowMajor> linear(3, 4);
+  Eigen::Tensor<float, 1, Eigen::RowMajor> b3(3);
+  w.setConstant(0.5f), w5.setConstant(0.5f), linear.setConstant(0.5f), b3.setConstant(0.5f);
   const std::array<Eigen::Index, 2> unpadded{0, 0};
   expect_throw<std::invalid_argument>([&] { batchnorm::fold_into_preceding(bn, w5, nullptr); },
                                       "batchnorm::fold_into_preceding: expected a weight of 4 outputs (bn's num_features) "

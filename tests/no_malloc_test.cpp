@@ -1,4 +1,4 @@
-// forward(x, y) and backward(x, dy, dx) make no heap allocation through Eigen, as Eigen itself
+// forward(x, y) and backward(x, dy, dx) (and the fused activation's) make no heap allocation through Eigen, as Eigen itself
 // checks it: with EIGEN_RUNTIME_NO_MALLOC, internal::set_is_malloc_allowed(false) makes every
 // Eigen allocation fail eigen_assert. The counting operator new of batch_norm_test.cpp sees all
 // allocations but not under valgrind or the sanitizers; this check works everywhere.
@@ -75,4 +75,12 @@ TEMPLATE_TEST_CASE("forward(x, y) and backward(x, dy, dx) make no Eigen allocati
   batchnorm::SingleProcess single;
   BatchNorm2d<T> s(BatchNormOptions(16), single);
   check_no_allocation(s, xr);
+  BatchNorm2d<T> r(BatchNormOptions(40).activation(batchnorm::Activation::relu));
+  check_no_allocation(r, xs);
+  Eigen::Tensor<T, 4, Eigen::RowMajor> y = xr, dx = xr, dr = xr;
+  for (const bool training : {true, false}) {
+    a.train(training);
+    CHECK(eigen_allocations_in([&] { a.forward_add_relu(xr, xr, y); }) == 0);
+    CHECK(eigen_allocations_in([&] { a.backward_add_relu(xr, xr, xr, dx, dr); }) == 0);
+  }
 }

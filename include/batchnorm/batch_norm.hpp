@@ -90,6 +90,8 @@ class BatchNorm {
       detail::throw_invalid(op, "num_features must be at least 1, got " + std::to_string(options.num_features()));
     detail::check_eps(op.c_str(), options.eps());
     if (options.momentum()) detail::check_momentum(op.c_str(), *options.momentum());
+    if (options.activation() != Activation::none && options.activation() != Activation::relu)
+      detail::throw_invalid(op, "unknown activation " + std::to_string(static_cast<int>(options.activation())));
     const auto c = static_cast<Eigen::Index>(options.num_features());
     if (options.affine()) {
       weight_.resize(c), bias_.resize(c), weight_grad_.resize(c), bias_grad_.resize(c);
@@ -311,10 +313,39 @@ class BatchNorm {
   void forward(const X& x, Y&& y) {
     check_input_type<X>();
     check_output_type<X, Y>();
-    if (synchronizing() && training_) return forward_synchronized(x, y);
-    const functional::View v = check_forward(x, y);
+    forward_impl(x, static_cast<const Scalar*>(nullptr), y);
+  }
+
+  /// Residual blocks: y = relu(BN(x) + residual) in one pass (oneDNN's fuse_norm_add_relu), BN
+  /// in the module's mode as forward(x, y), then the residual added in T to BN's T result and
+  /// ReLU applied (whatever options().activation() says). residual: x's shape and storage order;
+  /// y may be the residual (in place) but not x. The backward of this forward is
+  /// backward_add_relu. Allocates nothing.
+  template <class X, class R, class Y>
+  void forward_add_relu(const X& x, const R& residual, Y&& y) {
+    check_input_type<X>();
+    check_input_type<R>();
+    check_output_type<X, Y>();
+    static_assert(detail::is_row_major_v<X> == detail::is_row_major_v<R>,
+                  "batchnorm: x and residual must have the same storage order");
+    if (detail::Shape::of(residual) != detail::Shape::of(x))
+      detail::throw_invalid(op("forward_add_relu"), "expected residual of the shape of x " +
+                                                       detail::shape_string(detail::Shape::of(x)) + ", got " +
+                                                       detail::shape_string(detail::Shape::of(residual)));
+    if (y.data() == x.data() && x.size() > 0)
+      detail::throw_invalid(op("forward_add_relu"), "y may be the residual but not x");
+    forward_impl(x, residual.data(), y, "forward_add_relu");
+  }
+
+ private:
+  /// forward(x, y), or forward_add_relu when residual is not null (fn names the call).
+  template <class X, class Y>
+  void forward_impl(const X& x, const Scalar* residual, Y& y, const char* fn = "forward") {
+    const Activation act = residual ? Activation::relu : options_.activation();
+    if (synchronizing() && training_) return forward_synchronized(x, y, residual, fn);
+    const functional::View v = check_forward(x, y, fn);
     const bool batch_stats = training_ || !options_.track_running_stats();
-    if (batch_stats && v.count() == 1) throw_one_value(detail::Shape::of(x));
+    if (batch_stats && v.count() == 1) throw_one_value(fn, detail::Shape::of(x));
     const Scalar* w = options_.affine() ? weight_.data() : nullptr;
     const Scalar* b = options_.affine() ? bias_.data() : nullptr;
     if (batch_stats) {
@@ -322,15 +353,18 @@ class BatchNorm {
       const double factor = update ? functional::momentum_factor(options_.momentum(), num_batches_tracked_ + 1) : 0.0;
       functional::forward_training(x.data(), v, w, b, update ? running_mean_.data() : nullptr,
                                    update ? running_var_.data() : nullptr, factor, options_.eps(), y.data(),
-                                   save_mean_.data(), save_invstd_.data(), options_.running_var_unbiased());
+                                   save_mean_.data(), save_invstd_.data(), options_.running_var_unbiased(), act,
+                                   residual);
       if (update) ++num_batches_tracked_;
     } else {
       functional::inference_stats(v.channels, running_mean_.data(), running_var_.data(), options_.eps(),
                                   save_mean_.data(), save_invstd_.data());
-      functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(), w, b, y.data());
+      functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(), w, b, y.data(), act, residual);
     }
-    saved_ = Saved{true, batch_stats, detail::Shape::of(x), detail::is_row_major_v<X>, false, v.count()};
+    saved_ = Saved{true, batch_stats, detail::Shape::of(x), detail::is_row_major_v<X>, false, v.count(), residual != nullptr};
   }
+
+ public:
 
   /// Inference that changes nothing: y = BN(x) with the running statistics, whatever the mode,
   /// as forward(x, y) in eval mode gives it, but const: it records nothing for a backward, so
@@ -346,7 +380,29 @@ class BatchNorm {
     const functional::View v = check_forward(x, y, "infer");
     functional::forward_inference(x.data(), v, running_mean_.data(), running_var_.data(),
                                   options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr,
-                                  options_.eps(), y.data());
+                                  options_.eps(), y.data(), options_.activation());
+  }
+
+  /// As infer(x, y) for forward_add_relu: y = relu(BN(x) + residual) with the running statistics,
+  /// const (many threads at once). y may be the residual but not x.
+  template <class X, class R, class Y>
+  void infer_add_relu(const X& x, const R& residual, Y&& y) const {
+    check_input_type<X>();
+    check_input_type<R>();
+    check_output_type<X, Y>();
+    static_assert(detail::is_row_major_v<X> == detail::is_row_major_v<R>,
+                  "batchnorm: x and residual must have the same storage order");
+    constexpr const char* fn = "infer_add_relu";
+    if (!options_.track_running_stats())
+      detail::throw_logic(op(fn), "no running statistics (track_running_stats is off); use forward_add_relu()");
+    const functional::View v = check_forward(x, y, fn);
+    if (detail::Shape::of(residual) != detail::Shape::of(x))
+      detail::throw_invalid(op(fn), "expected residual of the shape of x " + detail::shape_string(detail::Shape::of(x)) +
+                                        ", got " + detail::shape_string(detail::Shape::of(residual)));
+    if (y.data() == x.data() && x.size() > 0) detail::throw_invalid(op(fn), "y may be the residual but not x");
+    functional::forward_inference(x.data(), v, running_mean_.data(), running_var_.data(),
+                                  options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr,
+                                  options_.eps(), y.data(), Activation::relu, residual.data());
   }
 
   /// As infer(x, y), into a new tensor of x's shape and storage order.
@@ -384,20 +440,39 @@ class BatchNorm {
     check_output_type<X, DX>();
     static_assert(detail::is_row_major_v<X> == detail::is_row_major_v<DY>,
                   "batchnorm: x and dy must have the same storage order");
-    // A synchronized module communicates after a synchronized forward, or when there was none
-    // (then every rank fails together).
-    if (synchronizing() && (saved_.synchronized || !saved_.valid)) return backward_synchronized(x, dy, dx);
-    const functional::View v = check_backward(x, dy, dx);
-    const bool affine = options_.affine();
-    const Scalar* w = affine ? weight_.data() : nullptr;
-    Scalar* dw = affine ? weight_grad_.data() : nullptr;
-    Scalar* db = affine ? bias_grad_.data() : nullptr;
-    if (saved_.batch_stats)
-      functional::backward_training(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw, db,
-                                    workspace_.data());
-    else
-      functional::backward_inference(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw,
-                                     db, workspace_.data());
+    backward_impl(x, dy, dx, static_cast<const Scalar*>(nullptr), static_cast<Scalar*>(nullptr), "backward");
+  }
+
+  /// The backward of forward_add_relu(x, residual, y): g = dy where y was positive (or NaN), 0
+  /// elsewhere, the decision recomputed from x, residual and the saved statistics (bitwise the
+  /// forward's; nothing input-sized was kept); dresidual = g, dx = the batch norm backward of g,
+  /// weight_grad() and bias_grad() as backward(). x and residual: the forward's inputs; weight
+  /// and bias as they were in that forward. dresidual may be the residual (in place) but not x,
+  /// dy or dx; dx may be dy or x but not dresidual. Allocates
+  /// nothing. std::logic_error if the last forward was not forward_add_relu.
+  template <class X, class R, class DY, class DX, class DR>
+  void backward_add_relu(const X& x, const R& residual, const DY& dy, DX&& dx, DR&& dresidual) {
+    check_input_type<X>();
+    check_input_type<R>();
+    check_input_type<DY>();
+    check_output_type<X, DX>();
+    check_output_type<X, DR>();
+    static_assert(detail::is_row_major_v<X> == detail::is_row_major_v<DY> &&
+                      detail::is_row_major_v<X> == detail::is_row_major_v<R>,
+                  "batchnorm: x, residual and dy must have the same storage order");
+    constexpr const char* fn = "backward_add_relu";
+    const detail::Shape shape = detail::Shape::of(x);
+    for (const auto& [name, other] : {std::pair<const char*, detail::Shape>{"residual", detail::Shape::of(residual)},
+                                      {"output dresidual", detail::Shape::of(dresidual)}})
+      if (other != shape)
+        detail::throw_invalid(op(fn), std::string("expected ") + name + " of the shape of x " + detail::shape_string(shape) +
+                                          ", got " + detail::shape_string(other));
+    if (x.size() > 0) {
+      const Scalar* g = dresidual.data();
+      if (g == x.data() || g == dy.data() || g == dx.data())
+        detail::throw_invalid(op(fn), "dresidual may be the residual but not x, dy or dx");
+    }
+    backward_impl(x, dy, dx, residual.data(), dresidual.data(), fn);
   }
 
  private:
@@ -408,9 +483,49 @@ class BatchNorm {
     bool row_major = false;
     bool synchronized = false;  // statistics over every rank of comm_
     std::int64_t count = 0;     // values a channel the statistics were taken over (all ranks)
+    bool add_relu = false;      // forward_add_relu (its backward is backward_add_relu)
   };
 
   static std::string op(const char* fn) { return std::string(Traits::name) + "::" + fn; }
+
+  /// backward(x, dy, dx), or backward_add_relu when residual is not null (fn names the call):
+  /// with ReLU (the module's activation, or add-relu) the gradient g of the ReLU first (into dx,
+  /// or dresidual), then the batch norm backward of g.
+  template <class X, class DY, class DX>
+  void backward_impl(const X& x, const DY& dy, DX& dx, const Scalar* residual, Scalar* dresidual, const char* fn) {
+    const bool add = residual != nullptr;
+    if (saved_.valid && saved_.add_relu != add)
+      detail::throw_logic(op(fn), add ? "the last forward was not forward_add_relu; use backward()"
+                                      : "the last forward was forward_add_relu; use backward_add_relu()");
+    const bool relu = add || options_.activation() == Activation::relu;
+    if (relu && !add && x.size() > 0 && dx.data() == x.data())
+      detail::throw_invalid(op(fn), "with the ReLU activation dx may be dy but not x (x is read after dx is written)");
+    // A synchronized module communicates after a synchronized forward, or when there was none
+    // (then every rank fails together).
+    if (synchronizing() && (saved_.synchronized || !saved_.valid)) return backward_synchronized(x, dy, dx, residual, dresidual, fn);
+    const functional::View v = check_backward(x, dy, dx, fn);
+    const bool affine = options_.affine();
+    const Scalar* w = affine ? weight_.data() : nullptr;
+    Scalar* dw = affine ? weight_grad_.data() : nullptr;
+    Scalar* db = affine ? bias_grad_.data() : nullptr;
+    const Scalar* g = relu ? relu_grad(x, dy, v, residual, add ? dresidual : dx.data()) : dy.data();
+    if (saved_.batch_stats)
+      functional::backward_training(x.data(), g, v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw, db,
+                                    workspace_.data());
+    else
+      functional::backward_inference(x.data(), g, v, save_mean_.data(), save_invstd_.data(), w, dx.data(), dw, db,
+                                     workspace_.data());
+  }
+
+  /// g = dy where the last forward's output (ReLU of BN(x), + residual) was positive, into out;
+  /// returns out.
+  template <class X, class DY>
+  Scalar* relu_grad(const X& x, const DY& dy, const functional::View& v, const Scalar* residual, Scalar* out) const {
+    functional::relu_grad(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(),
+                          options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr, out,
+                          residual);
+    return out;
+  }
 
   /// Training calls communicate: a communicator of more than one rank. A group of one takes the
   /// local path (one pass less over the data), whose results are the same.
@@ -429,29 +544,29 @@ class BatchNorm {
     return detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
   }
 
-  [[noreturn]] void throw_one_value(const detail::Shape& shape) const {
-    detail::throw_invalid(op("forward"), "expected more than 1 value per channel when " +
+  [[noreturn]] void throw_one_value(const char* fn, const detail::Shape& shape) const {
+    detail::throw_invalid(op(fn), "expected more than 1 value per channel when " +
                                              std::string(training_ ? "training" : "normalizing with batch statistics (track_running_stats off)") +
                                              ", got input of shape " + detail::shape_string(shape));
   }
 
   /// The checks of backward(x, dy, dx); returns x's view.
   template <class X, class DY, class DX>
-  functional::View check_backward(const X& x, const DY& dy, const DX& dx) const {
+  functional::View check_backward(const X& x, const DY& dy, const DX& dx, const char* fn = "backward") const {
     (void)active_isa();
-    if (!saved_.valid) detail::throw_logic(op("backward"), "called before any forward");
+    if (!saved_.valid) detail::throw_logic(op(fn), "called before any forward");
     const detail::Shape shape = detail::Shape::of(x);
     if (shape != saved_.shape || detail::is_row_major_v<X> != saved_.row_major)
-      detail::throw_invalid(op("backward"), "x must be the input of the last forward, of shape " +
+      detail::throw_invalid(op(fn), "x must be the input of the last forward, of shape " +
                                                 detail::shape_string(saved_.shape) + ", got " + detail::shape_string(shape) +
                                                 (detail::is_row_major_v<X> != saved_.row_major ? " in the other storage order" : ""));
     if (detail::Shape::of(dy) != shape)
-      detail::throw_invalid(op("backward"), "expected dy of the shape of x " + detail::shape_string(shape) + ", got " +
+      detail::throw_invalid(op(fn), "expected dy of the shape of x " + detail::shape_string(shape) + ", got " +
                                                 detail::shape_string(detail::Shape::of(dy)));
     if (detail::Shape::of(dx) != shape)
-      detail::throw_invalid(op("backward"), "expected output dx of the shape of x " + detail::shape_string(shape) +
+      detail::throw_invalid(op(fn), "expected output dx of the shape of x " + detail::shape_string(shape) +
                                                 ", got " + detail::shape_string(detail::Shape::of(dx)));
-    check_state("backward");
+    check_state(fn);
     return detail::make_view(shape, detail::is_row_major_v<X>, options_.channels_last());
   }
 
@@ -475,12 +590,12 @@ class BatchNorm {
   /// all_reduce (status, then per-channel (count, mean, M2)), then as forward_training with
   /// the global statistics: running update with the global count m, invstd, normalize.
   template <class X, class Y>
-  void forward_synchronized(const X& x, Y& y) {
+  void forward_synchronized(const X& x, Y& y, const Scalar* residual, const char* fn) {
     const std::size_t C = static_cast<std::size_t>(options_.num_features());
     std::exception_ptr error;
     functional::View v;
     try {
-      v = check_forward(x, y);
+      v = check_forward(x, y, fn);
     } catch (...) {
       error = std::current_exception();
     }
@@ -495,10 +610,10 @@ class BatchNorm {
     } else {
       std::fill(triples, triples + 3 * C, 0.0);  // neutral: no samples
     }
-    all_reduce_checked("forward", kStatusSize + 3 * C, ReduceOp::moments, error);
+    all_reduce_checked(fn, kStatusSize + 3 * C, ReduceOp::moments, error);
     const auto m = static_cast<std::int64_t>(triples[0]);  // every channel has the same count
     if (m == 1)
-      detail::throw_invalid(op("forward"),
+      detail::throw_invalid(op(fn),
                             "expected more than 1 value per channel when training, got 1 over all " +
                                 std::to_string(comm_->size()) + " ranks");
     // From here nothing throws (m != 1, the factor is in [0, 1]). save_invstd_ holds the biased
@@ -517,36 +632,40 @@ class BatchNorm {
     for (std::size_t c = 0; c < C; ++c) save_invstd_[c] = functional::invstd_of(save_invstd_[c], options_.eps());
     functional::normalize(x.data(), v, save_mean_.data(), save_invstd_.data(),
                           options_.affine() ? weight_.data() : nullptr, options_.affine() ? bias_.data() : nullptr,
-                          y.data());
-    saved_ = Saved{true, true, detail::Shape::of(x), detail::is_row_major_v<X>, true, m};
+                          y.data(), residual ? Activation::relu : options_.activation(), residual);
+    saved_ = Saved{true, true, detail::Shape::of(x), detail::is_row_major_v<X>, true, m, residual != nullptr};
   }
 
   /// Training backward after a synchronized forward: local sums (backward_sums), one
   /// all_reduce (status, then sum_dy and sum_dy_d of every channel, added), this rank's dweight
   /// and dbias from its own sums, dx from the global sums over the global count.
   template <class X, class DY, class DX>
-  void backward_synchronized(const X& x, const DY& dy, DX& dx) {
+  void backward_synchronized(const X& x, const DY& dy, DX& dx, const Scalar* residual, Scalar* dresidual,
+                             const char* fn) {
     const std::size_t C = static_cast<std::size_t>(options_.num_features());
     std::exception_ptr error;
     functional::View v;
     try {
-      v = check_backward(x, dy, dx);
+      v = check_backward(x, dy, dx, fn);
     } catch (...) {
       error = std::current_exception();
     }
     double* sums = reduce_.data() + kStatusSize;  // sum_dy [0, C), sum_dy_d [C, 2C)
+    const Scalar* g = dy.data();  // with ReLU, its gradient (relu_grad) in dx or dresidual
     if (!error) {
-      functional::backward_sums(x.data(), dy.data(), v, save_mean_.data(), workspace_.data(), workspace_.data() + C);
+      if (residual || options_.activation() == Activation::relu)
+        g = relu_grad(x, dy, v, residual, residual ? dresidual : dx.data());
+      functional::backward_sums(x.data(), g, v, save_mean_.data(), workspace_.data(), workspace_.data() + C);
       std::copy(workspace_.begin(), workspace_.end(), sums);
     } else {
       std::fill(sums, sums + 2 * C, 0.0);
     }
-    all_reduce_checked("backward", kStatusSize + 2 * C, ReduceOp::sum, error);
+    all_reduce_checked(fn, kStatusSize + 2 * C, ReduceOp::sum, error);
     if (options_.affine())  // this rank's contributions: dbias = sum dy, dweight = invstd * sum dy * d
       functional::param_grads(static_cast<functional::Index>(C), workspace_.data(), workspace_.data() + C,
                               save_invstd_.data(), weight_grad_.data(), bias_grad_.data());
     if (v.size() > 0)
-      functional::backward_dx(x.data(), dy.data(), v, save_mean_.data(), save_invstd_.data(),
+      functional::backward_dx(x.data(), g, v, save_mean_.data(), save_invstd_.data(),
                               options_.affine() ? weight_.data() : nullptr, static_cast<functional::Index>(saved_.count),
                               sums, sums + C, dx.data());
   }

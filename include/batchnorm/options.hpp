@@ -2,6 +2,7 @@
 #pragma once
 
 #include "config.hpp"
+#include "view.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -67,6 +68,13 @@ class BatchNormOptions {
   BatchNormOptions& channels_last(bool v) { return channels_last_ = v, *this; }
   bool channels_last() const noexcept { return channels_last_; }
 
+  /// The activation fused into the module's output: Activation::relu makes forward (and infer)
+  /// write max(BN(x), 0) in the same pass, and backward pass dy only where that output was
+  /// positive (the decision recomputed from x and the saved statistics, bitwise the forward's: no
+  /// input-sized mask is kept). Default Activation::none.
+  BatchNormOptions& activation(Activation v) { return activation_ = v, *this; }
+  Activation activation() const noexcept { return activation_; }
+
  private:
   std::int64_t num_features_;
   double eps_ = 1e-5;
@@ -75,6 +83,7 @@ class BatchNormOptions {
   bool affine_ = true;
   bool track_running_stats_ = true;
   bool channels_last_ = false;
+  Activation activation_ = Activation::none;
 };
 
 BATCHNORM_END_NAMESPACE

@@ -50,7 +50,14 @@ struct accumulator {
 template <class T>
 using accum_t = typename accumulator<T>::type;
 
+/// The activation a batch norm applies to its output (BatchNormOptions::activation, the
+/// functional forwards): none, or ReLU, y = max(BN(x), 0) (NaN stays NaN, -0 becomes 0), whose
+/// backward lets dy through where y > 0 (or y is NaN) and gives 0 elsewhere, as PyTorch's
+/// relu and threshold_backward.
+enum class Activation { none, relu };
+
 namespace functional {
+using batchnorm::Activation;
 using batchnorm::accum_t;
 using batchnorm::accumulator;
 using batchnorm::Index;

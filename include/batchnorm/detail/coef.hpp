@@ -66,6 +66,25 @@ inline constexpr bool has_affine_inputs = false;
 template <class F>
 inline constexpr bool has_affine_inputs<F, std::void_t<typename F::affine_inputs>> = true;
 
+/// The epilogue of an elementwise pass over y = (x - head) * p + r (the forward's constants), as
+/// a tag the functional layer hands to the kernels (isa/drivers.hpp, ActOf; exact_act):
+///   Add:  y = y + u                  (u: the second input, the residual)
+///   Relu: y = y <= 0 ? 0 : y         (NaN stays NaN; -0 becomes 0)
+///   Grad: out = y <= 0 ? 0 : u       (u: dy; the gradient of ReLU at the forward's y, as
+///                                     PyTorch's threshold_backward: NaN lets dy through)
+/// Grad recomputes the forward's decision, so it is exact only with Relu's constants.
+template <bool Add, bool Relu, bool Grad = false>
+struct Act {
+  static constexpr bool add = Add, relu = Relu, grad = Grad;
+  static constexpr bool has_u = Add || Grad;
+};
+
+/// True if F is an Act epilogue (it names has_u).
+template <class F, class = void>
+inline constexpr bool is_act = false;
+template <class F>
+inline constexpr bool is_act<F, std::void_t<decltype(F::has_u)>> = true;
+
 /// The largest finite float, in double.
 inline constexpr double kFloatMax = 3.4028234663852886e38;
 

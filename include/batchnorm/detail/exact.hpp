@@ -61,6 +61,39 @@ void exact_apply(const T* x, const T* u, T* out, const View& v, Index c, const C
   });
 }
 
+/// Tests see the channels of an Act epilogue taken in double (exact_act) through this hook
+/// (nullptr: nobody watches): called with the channel's values, from the thread that writes them.
+inline void (*exact_act_observer)(Index values) = nullptr;
+
+/// Channel c of an elementwise pass with the epilogue Act (detail/coef.hpp) in double
+/// (Coef::exact): y = T(eq * (x - em) + er), the forward's value rounded once to T, then Act's
+/// epilogue in T. x, u, out index the whole view; u is read only if Act::has_u.
+template <class ActTag, class T>
+void exact_act(const T* x, const T* u, T* out, const View& v, Index c, const Coef<T>& cf) noexcept {
+  if (exact_act_observer) exact_act_observer(v.count());
+  for_each_value(x, v, c, [&](T xv, Index i) {
+    T y = saturate<T>(cf.eq * (static_cast<double>(xv) - cf.em) + cf.er);
+    if constexpr (ActTag::grad) {
+      out[i] = y <= T(0) ? T(0) : u[i];
+    } else {
+      if constexpr (ActTag::add) y = y + u[i];
+      if constexpr (ActTag::relu) y = y <= T(0) ? T(0) : y;
+      out[i] = y;
+    }
+  });
+}
+
+/// The copying constants (see copying_coef) of an Act epilogue: p = 1 (no second input: out = x)
+/// or p = 0 (out = u: Add and Grad may write over u, never over x), and the ReLU floor tail =
+/// -inf, which nothing is below.
+template <class T, class ActTag>
+Coef<T> act_copying_coef() noexcept {
+  Coef<T> cf;
+  cf.p = ActTag::has_u ? T(0) : T(1);
+  cf.tail = -std::numeric_limits<T>::infinity();
+  return cf;
+}
+
 /// Coefficients that make an elementwise kernel copy one of its inputs to out, so that the exact
 /// pass after it still reads the inputs when out aliases one: with a second input u (dx:
 /// dy * p + ((x - h) * q + r)) out = u if out is u, else out = x; without (y: (x - h) * p + r,

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "../detail/errors.hpp"
 #include "../detail/coef.hpp"
@@ -70,6 +71,34 @@ inline void check_common(const char* op, const View& v, const void* x, const voi
   detail_stats::check_pointer(op, "y", y, v.size() > 0);
 }
 
+/// The checks of an epilogue (activation, residual): a known activation, and y not x when a
+/// residual is added (the kernels may write y before they have read x; y may be the residual).
+inline void check_epilogue(const char* op, Activation act, const void* x, const void* residual, const void* y) {
+  if (act != Activation::none && act != Activation::relu)
+    batchnorm::detail::throw_invalid(op, "unknown activation " + std::to_string(static_cast<int>(act)));
+  if (residual && y == x && x != nullptr)
+    batchnorm::detail::throw_invalid(op, "with a residual, y may be the residual but not x");
+}
+
+/// f(tag) with the kernels' epilogue tag of (act, residual): a null void* for the plain formula,
+/// else a null pointer to the detail::Act that adds the residual and/or applies ReLU.
+template <class F>
+void with_epilogue(Activation act, bool residual, F f) {
+  using batchnorm::detail::Act;
+  const bool relu = act == Activation::relu;
+  if (residual && relu) f(static_cast<Act<true, true>*>(nullptr));
+  else if (residual) f(static_cast<Act<true, false>*>(nullptr));
+  else if (relu) f(static_cast<Act<false, true>*>(nullptr));
+  else f(static_cast<void*>(nullptr));
+}
+
+/// y = coef's formula with the epilogue tag over the view (normalize, forward_inference).
+template <class T, class Kernels, class Coef, class Tag>
+void apply_epilogue(Kernels kernels, const T* x, const T* residual, const View& v, const Coef& coef, T* y, Tag*) {
+  if constexpr (std::is_void_v<Tag>) kernels.run_normalize(x, v, coef, y);
+  else kernels.run_act(x, residual, v, coef, y, Tag{});
+}
+
 }  // namespace detail_forward
 
 /// The statistics inference normalizes with, per channel:
@@ -96,18 +125,68 @@ void inference_stats(Index channels, const T* running_mean, const T* running_var
 /// arithmetic per value, no cancellation at large |mean| / std.
 /// weight == nullptr means 1, bias == nullptr means 0 (affine off). y may equal x (in place);
 /// other overlaps are not allowed. NaN/Inf propagate.
+/// The epilogue, in T after the value above is rounded to T (the same bits as without it):
+///   residual given:        y = y + residual        (residual: a tensor of x's shape and order)
+///   act == Activation::relu: y = y <= 0 ? 0 : y
+/// With a residual, y may equal the residual but not x.
 template <class T>
 void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* invstd, const T* weight, const T* bias,
-               T* y) {
+               T* y, Activation act = Activation::none, const T* residual = nullptr) {
   constexpr const char* op = "batchnorm::functional::normalize";
   detail_stats::check_view(op, v);
   detail_stats::check_pointer(op, "x", x, v.size() > 0);
   detail_stats::check_pointer(op, "y", y, v.size() > 0);
   detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
   detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
+  detail_forward::check_epilogue(op, act, x, residual, y);
   detail_forward::AffineCoef<T, accum_t<T>> coef;
   coef.mean = mean, coef.invstd = invstd, coef.weight = weight, coef.bias = bias;
-  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_normalize(x, v, coef, y); });
+  batchnorm::detail::dispatch([&](auto kernels) {
+    detail_forward::with_epilogue(act, residual != nullptr, [&](auto tag) {
+      detail_forward::apply_epilogue(kernels, x, residual, v, coef, y, tag);
+    });
+  });
+}
+
+/// The gradient of the ReLU of normalize(x) (+ residual), from the statistics it normalized with:
+///   g = y <= 0 ? 0 : dy,   y = normalize(x, mean, invstd, weight, bias) (+ residual)
+/// y recomputed with normalize's arithmetic: the decision of the forward that wrote y with
+/// Activation::relu (forward_training's save_mean, save_invstd; or inference_stats' of the
+/// running statistics, with which normalize gives forward_inference's bits), bitwise. Nothing
+/// input-sized is kept between the forward and this call. Without a residual, one pass (reads x,
+/// dy; g may equal dy, not x); with one, two (y into g, then g = dy where y > 0, both vectorised
+/// and threaded: g may equal the residual, not x or dy). Feed g to backward_training / backward_inference as their dy.
+template <class T>
+void relu_grad(const T* x, const T* dy, View v, const accum_t<T>* mean, const accum_t<T>* invstd, const T* weight,
+               const T* bias, T* g, const T* residual = nullptr) {
+  constexpr const char* op = "batchnorm::functional::relu_grad";
+  detail_stats::check_view(op, v);
+  detail_stats::check_pointer(op, "x", x, v.size() > 0);
+  detail_stats::check_pointer(op, "dy", dy, v.size() > 0);
+  detail_stats::check_pointer(op, "g", g, v.size() > 0);
+  detail_stats::check_pointer(op, "mean", mean, v.channels > 0);
+  detail_stats::check_pointer(op, "invstd", invstd, v.channels > 0);
+  if (v.size() > 0 && g == x) batchnorm::detail::throw_invalid(op, "g may not be x (x is read after g is written)");
+  if (v.size() > 0 && residual && g == dy)
+    batchnorm::detail::throw_invalid(op, "with a residual, g may not be dy (g holds y before dy is read)");
+  detail_forward::AffineCoef<T, accum_t<T>> coef;
+  coef.mean = mean, coef.invstd = invstd, coef.weight = weight, coef.bias = bias;
+  using batchnorm::detail::Act;
+  batchnorm::detail::dispatch([&](auto kernels) {
+    if (!residual) return kernels.run_act(x, dy, v, coef, g, Act<false, true, true>{});
+    kernels.run_act(x, residual, v, coef, g, Act<true, true>{});
+    // g = y <= 0 ? 0 : dy, in place, by the same pass with the identity map (mean 0, invstd 1,
+    // no affine: (y - 0) * 1 + 0 is y, -0 becoming 0, which decides alike) over all values as
+    // one channel: vectorised and threaded as every elementwise pass.
+    const accum_t<T> zero = 0, one = 1;
+    detail_forward::AffineCoef<T, accum_t<T>> identity;
+    identity.mean = &zero, identity.invstd = &one, identity.weight = nullptr, identity.bias = nullptr;
+    // Rows of a sample's values where they are long enough for the rows to be shared among the
+    // threads, else one row.
+    const bool rows = v.channels * v.inner >= 1024;
+    const View all{rows ? v.outer : 1, 1, rows ? v.channels * v.inner : v.size()};
+    kernels.run_act(g, dy, all, identity, g, Act<false, true, true>{});
+  });
 }
 
 /// Training forward (PyTorch's batch_norm with training=True), per channel c over its m values:
@@ -123,14 +202,17 @@ void normalize(const T* x, View v, const accum_t<T>* mean, const accum_t<T>* inv
 /// m == 1 throws std::invalid_argument ("expected more than 1 value per channel when
 /// training"); m == 0 (an empty batch) writes save_mean = 0, save_invstd = 1/sqrt(eps) and leaves
 /// the running statistics alone, as PyTorch. All checks come first: a call that throws writes
-/// nothing. weight/bias nullptr: affine off. y may equal x.
+/// nothing. weight/bias nullptr: affine off. y may equal x. act and residual: normalize's
+/// epilogue (y = relu(y + residual)), in the same pass.
 template <class T>
 void forward_training(const T* x, View v, const T* weight, const T* bias, T* running_mean, T* running_var,
                       double factor, double eps, T* y, accum_t<T>* save_mean, accum_t<T>* save_invstd,
-                      bool running_var_unbiased = true) {
+                      bool running_var_unbiased = true, Activation act = Activation::none,
+                      const T* residual = nullptr) {
   using A = accum_t<T>;
   constexpr const char* op = "batchnorm::functional::forward_training";
   detail_forward::check_common(op, v, x, y, eps);
+  detail_forward::check_epilogue(op, act, x, residual, y);
   detail_stats::check_pointer(op, "save_mean", save_mean, v.channels > 0);
   detail_stats::check_pointer(op, "save_invstd", save_invstd, v.channels > 0);
   if ((running_mean == nullptr) != (running_var == nullptr))
@@ -159,25 +241,33 @@ void forward_training(const T* x, View v, const T* weight, const T* bias, T* run
       }
       kernels.run_invstd(save_invstd + c0, nc, eps, save_invstd + c0);
     };
-    kernels.run_forward_training(x, v, finish, coef, y, save_mean, save_invstd);
+    detail_forward::with_epilogue(act, residual != nullptr, [&](auto tag) {
+      kernels.run_forward_training(x, v, finish, coef, y, save_mean, save_invstd, residual, tag);
+    });
   });
 }
 
 /// Inference forward with running statistics (PyTorch's batch_norm with training=False):
 ///   y = (x - running_mean_c) / sqrt(running_var_c + eps) * weight_c + bias_c
 /// running_mean is exact in T, so x - running_mean is the only rounding before the scale.
-/// Any m, including 1 and 0. y may equal x.
+/// Any m, including 1 and 0. y may equal x. act and residual: normalize's epilogue.
 template <class T>
 void forward_inference(const T* x, View v, const T* running_mean, const T* running_var, const T* weight,
-                       const T* bias, double eps, T* y) {
+                       const T* bias, double eps, T* y, Activation act = Activation::none,
+                       const T* residual = nullptr) {
   constexpr const char* op = "batchnorm::functional::forward_inference";
   detail_forward::check_common(op, v, x, y, eps);
   detail_stats::check_pointer(op, "running_mean", running_mean, v.channels > 0);
   detail_stats::check_pointer(op, "running_var", running_var, v.channels > 0);
+  detail_forward::check_epilogue(op, act, x, residual, y);
   // invstd_c = invstd_of(running_var_c, eps), taken as the constants are built.
   detail_forward::AffineCoef<T, T> coef;
   coef.mean = running_mean, coef.var = running_var, coef.eps = eps, coef.weight = weight, coef.bias = bias;
-  batchnorm::detail::dispatch([&](auto kernels) { kernels.run_normalize(x, v, coef, y); });
+  batchnorm::detail::dispatch([&](auto kernels) {
+    detail_forward::with_epilogue(act, residual != nullptr, [&](auto tag) {
+      detail_forward::apply_epilogue(kernels, x, residual, v, coef, y, tag);
+    });
+  });
 }
 
 }  // namespace functional

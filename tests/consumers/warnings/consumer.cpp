@@ -127,6 +127,23 @@ void deployment_api() {
   const auto d = batchnorm::fold_into_following(bn1, linear, nullptr, {});
   const batchnorm::ChannelAffine e = batchnorm::channel_affine(bn1);
   (void)a, (void)b, (void)c, (void)d, (void)e;
+  // The fused activation: ReLU, add-ReLU, their backward and const inference, and functional's.
+  batchnorm::BatchNorm2d<T> relu(batchnorm::BatchNormOptions(3).activation(batchnorm::Activation::relu));
+  Eigen::Tensor<T, 4, Layout> r(2, 3, 4, 5), dx(2, 3, 4, 5), dr(2, 3, 4, 5);
+  r.setRandom();
+  relu.forward(x, y);
+  relu.backward(x, r, dx);
+  relu.forward_add_relu(x, r, y);
+  relu.backward_add_relu(x, r, y, dx, dr);
+  relu.eval();
+  relu.infer(x, y);
+  relu.infer_add_relu(x, r, y);
+  const batchnorm::View v{2, 3, 20};
+  std::vector<double> mean(3, 0.0), invstd(3, 1.0);
+  batchnorm::functional::normalize(x.data(), v, mean.data(), invstd.data(), static_cast<const T*>(nullptr),
+                                   static_cast<const T*>(nullptr), y.data(), batchnorm::Activation::relu, r.data());
+  batchnorm::functional::relu_grad(x.data(), r.data(), v, mean.data(), invstd.data(), static_cast<const T*>(nullptr),
+                                   static_cast<const T*>(nullptr), dx.data(), y.data());
 }
 
 }  // namespace

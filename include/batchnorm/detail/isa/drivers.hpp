@@ -17,6 +17,22 @@ VectorCoefs<T, CoefOf> vector_coefs(const CoefOf& coef_of, const Coef<T>& copy, 
   return {coef_of, copy, any};
 }
 
+/// The constants that copy an input for the channels an exact pass computes afterwards: Act
+/// epilogues' (act_copying_coef), or copying_coef's for the plain formulas.
+template <class T, bool HasU, class F>
+Coef<T> copy_coef_for(bool out_is_u) noexcept {
+  if constexpr (is_act<F>) return act_copying_coef<T, typename F::tag>();
+  else return copying_coef<T>(HasU, HasU && out_is_u);
+}
+
+/// Channel c in double (Coef::exact), with F's formula: exact_act for an Act epilogue, exact_apply
+/// otherwise.
+template <class T, bool HasU, class F>
+void exact_for(const T* x, const T* u, T* out, const View& v, Index c, const Coef<T>& cf) noexcept {
+  if constexpr (is_act<F>) exact_act<typename F::tag>(x, u, out, v, c, cf);
+  else exact_apply(x, HasU ? u : nullptr, out, v, c, cf);
+}
+
 /// group_apply, with the channels whose constants say `exact` (Coef::exact) computed in double
 /// afterwards (exact_apply): the vector pass copies the input that out aliases for them, so the
 /// exact pass reads the inputs intact. shared: the group's one tile of constants, filled
@@ -25,11 +41,11 @@ template <class T, bool HasU, class CoefOf, class F>
 void group_apply_exact(const T* x, const T* u, T* out, const View& v, const Plan& p, Index c0, Index nc,
                        CoefOf coef_of, F f, TileConstants<T>* shared = nullptr) noexcept {
   bool any = shared && shared->exact;
-  const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
+  const Coef<T> copy = copy_coef_for<T, HasU, F>(out == u);
   group_apply<T, HasU>(x, u, out, v, p, c0, nc, vector_coefs<T>(coef_of, copy, any), f, shared);
   if (any)
     for (Index c = c0; c < c0 + nc; ++c)
-      if (const Coef<T> cf = coef_of(c); cf.exact) exact_apply(x, HasU ? u : nullptr, out, v, c, cf);
+      if (const Coef<T> cf = coef_of(c); cf.exact) exact_for<T, HasU, F>(x, u, out, v, c, cf);
 }
 
 /// group_apply_exact over the batch segments of a segmented view, on the threads. Every segment
@@ -47,7 +63,7 @@ void segments_apply_exact(const T* x, const T* u, T* out, const View& v, const P
                                                                       : tile_channels(v) >= v.channels);
   TileConstants<T> shared;
   if (one_tile) {
-    const Coef<T> copy = copying_coef<T>(HasU, HasU && out == u);
+    const Coef<T> copy = copy_coef_for<T, HasU, F>(out == u);
     shared.holds(0, v.channels);
     fill_tile(shared, path, v.inner, 0, v.channels, vector_coefs<T>(coef_of, copy, shared.exact));
     shared.frozen = true;
@@ -186,41 +202,88 @@ inline constexpr auto affine_of = [](auto xv, auto, auto h, auto, auto p, auto, 
 inline constexpr auto dx_of = [](auto xv, auto dyv, auto h, auto, auto p, auto q, auto r) {
   return dyv * p + ((xv - h) * q + r);
 };
+/// y = (x - head) * p + r with the epilogue Tag (detail/coef.hpp, Act), where the ReLU floor is
+/// the channel's `tail` constant: 0 (the forward's constants leave it 0), -inf in the copying
+/// constants (act_copying_coef). The affine part is affine_of's expression, so that its bits are
+/// the plain forward's and Grad recomputes the forward's decision.
+template <class Tag>
+struct ActOf {
+  using tag = Tag;
+  static constexpr bool has_u = Tag::has_u;
+  /// V: a vector of the ISA's (or the scalar twin); K: V (lane constants) or T (a channel's).
+  template <class V, class K>
+  V operator()(V xv, V uv, K h, K t, K p, K, K r) const noexcept {
+    V y = (xv - h) * p + r;
+    const V floor = V{} + t;  // t broadcast (0 + t is t, -inf included)
+    if constexpr (Tag::grad) {
+      return y <= floor ? V{} : uv;
+    } else {
+      if constexpr (Tag::add) y = y + uv;
+      if constexpr (Tag::relu) y = y <= floor ? floor : y;
+      return y;
+    }
+  }
+};
 /// dx = dy * p                                  (functional::backward_inference)
 inline constexpr auto scale_of = [](auto dyv, auto, auto, auto, auto p, auto, auto) { return dyv * p; };
+
+/// out = f(x, u) over every channel (the elementwise plan), coef_of(c) giving channel c's
+/// constants: over the groups of the plan, or its batch segments. u is read only if HasU.
+template <class T, bool HasU, class CoefOf, class F>
+void apply_pass(const T* x, const T* u, const View& v, CoefOf coef_of, T* out, F f) noexcept {
+  const Plan p = make_elementwise_plan<T>(v, simd::Simd<T>::lanes);
+  observe(p);
+  if (p.segments > 1) {
+    segments_apply_exact<T, HasU>(x, u, out, v, p, coef_of, f);
+  } else {
+    for_each_group(v, p, [&](Index c0, Index nc) { group_apply_exact<T, HasU>(x, u, out, v, p, c0, nc, coef_of, f); });
+  }
+  simd::stream_fence();
+}
 
 /// y = affine_of(x) over every channel, coef_of(c) giving channel c's constants: over the
 /// groups of the plan, or its batch segments.
 template <class T, class CoefOf>
 void normalize(const T* x, const View& v, CoefOf coef_of, T* y) noexcept {
-  const Plan p = make_elementwise_plan<T>(v, simd::Simd<T>::lanes);
-  observe(p);
-  if (p.segments > 1) {
-    segments_apply_exact<T, false>(x, nullptr, y, v, p, coef_of, affine_of);
-  } else {
-    for_each_group(v, p, [&](Index c0, Index nc) { group_apply_exact<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of); });
-  }
-  simd::stream_fence();
+  apply_pass<T, false>(x, nullptr, v, coef_of, y, affine_of);
+}
+
+/// out = the forward's constants with the epilogue Tag (ActOf), u the second input (residual or
+/// dy) when Tag::has_u.
+template <class T, class CoefOf, class Tag>
+void act_pass(const T* x, const T* u, const View& v, CoefOf coef_of, T* out, Tag) noexcept {
+  apply_pass<T, Tag::has_u>(x, u, v, coef_of, out, ActOf<Tag>{});
 }
 
 /// Training forward: per group, its moments into mean[c], m2[c], then finish(c0, nc) (turns
 /// them into the statistics and constants coef_of reads), then y = affine_of(x) while the group
 /// is in cache. Segmented plans: every channel's moments first (merged over the segments),
 /// finish(0, C), then the elementwise pass over the segments.
-template <class T, class A, class Finish, class CoefOf>
-void forward_training(const T* x, const View& v, Finish finish, CoefOf coef_of, T* y, A* mean, A* m2) noexcept {
+/// With an Act epilogue Tag (u: its second input), y = ActOf<Tag>(x, u) instead of affine_of(x).
+template <class T, class A, class Finish, class CoefOf, class Tag = void>
+void forward_training(const T* x, const View& v, Finish finish, CoefOf coef_of, T* y, A* mean, A* m2,
+                      const T* u = nullptr, Tag* = nullptr) noexcept {
+  constexpr bool plain = std::is_void_v<Tag>;
+  constexpr bool has_u = [] {
+    if constexpr (plain) return false;
+    else return Tag::has_u;
+  }();
+  const auto f = [] {
+    if constexpr (plain) return affine_of;
+    else return ActOf<Tag>{};
+  }();
   const Plan p = make_plan<T>(v, simd::Simd<T>::lanes);
   if (p.segments > 1) {
     moments(x, v, mean, m2);
     call_baseline(finish, Index(0), v.channels);
-    normalize(x, v, coef_of, y);
+    apply_pass<T, has_u>(x, u, v, coef_of, y, f);
     return;
   }
   observe(p);
   for_each_group(v, p, [&](Index c0, Index nc) {
     group_moments(x, v, p, c0, nc, mean + c0, m2 + c0);
     call_baseline(finish, c0, nc);
-    group_apply_exact<T, false>(x, nullptr, y, v, p, c0, nc, coef_of, affine_of);
+    group_apply_exact<T, has_u>(x, u, y, v, p, c0, nc, coef_of, f);
   });
   simd::stream_fence();
 }
@@ -372,6 +435,10 @@ struct Kernels {
   template <class... Args>
   static void run_normalize(Args&&... args) noexcept {
     normalize(std::forward<Args>(args)...);
+  }
+  template <class... Args>
+  static void run_act(Args&&... args) noexcept {
+    act_pass(std::forward<Args>(args)...);
   }
   template <class... Args>
   static void run_forward_training(Args&&... args) noexcept {
