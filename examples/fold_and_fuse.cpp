@@ -102,8 +102,8 @@ int main(int argc, char** argv) {
   const auto separate = [&] {
     conv1x1(x, conv_w, conv_b, false, conv_out);
     bn.infer(conv_out, y_separate);
-    float* y = y_separate.data();
-    for (Eigen::Index k = 0; k < y_separate.size(); ++k) y[k] = std::max(y[k], 0.0f);
+    Eigen::Map<Eigen::ArrayXf> y(y_separate.data(), y_separate.size());
+    y = y.max(0.0f);  // an Eigen expression: vectorised
   };
   const auto fused = [&] {
     conv1x1(x, conv_w, conv_b, false, conv_out);
